@@ -78,6 +78,17 @@ def test_cli_version_and_help():
     assert "U-Net" in helptext.stdout
 
 
-@pytest.mark.parametrize("name", ["__version__"])
+@pytest.mark.parametrize("name", sorted(napari_unet.__all__))
 def test_public_api_exports(name):
-    assert hasattr(napari_unet, name)
+    assert getattr(napari_unet, name) is not None
+
+
+def test_importing_the_package_does_not_load_torch():
+    code = "import sys, napari_unet, napari_unet._sample_data; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_unknown_attribute_raises():
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        napari_unet.nothing  # noqa: B018

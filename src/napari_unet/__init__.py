@@ -1,9 +1,76 @@
 """napari-unet-segmentation: a paper-faithful U-Net for napari.
 
-The package root exports the compute core only (no Qt, napari or magicgui
-imports), so that it can be used from scripts, the command line and notebooks.
-The napari widgets live in their own modules and are loaded by napari through
-the ``napari.yaml`` manifest when the user opens them.
+The package root exports the compute core (no Qt, napari or magicgui
+imports), so it can be used from scripts, the command line and notebooks:
+
+>>> import napari_unet
+>>> napari_unet.UNetConfig(base_channels=64).output_shape((572, 572))
+(388, 388)
+
+Names are imported on first use, so that napari can read the plugin manifest
+and offer the sample data without loading PyTorch. The napari widgets live in
+their own modules, loaded by napari through ``napari.yaml``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# Public name -> module that defines it.
+_EXPORTS = {
+    "UNet": "model",
+    "UNetConfig": "model",
+    "boundary_weight_map": "weights",
+    "separate_touching_objects": "weights",
+    "elastic_deform": "augment",
+    "augment": "augment",
+    "AugmentConfig": "augment",
+    "make_touching_nuclei": "synthetic",
+    "iou": "metrics",
+    "average_precision": "metrics",
+    "match_instances": "metrics",
+    "rand_error": "metrics",
+    "Normalization": "normalization",
+    "label_instances": "postprocess",
+    "InferenceConfig": "inference",
+    "predict": "inference",
+    "predict_generator": "inference",
+    "TrainConfig": "training",
+    "train": "training",
+    "train_generator": "training",
+    "Checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+}
+_SUBMODULES = {"synthetic", "metrics"}
+
+__all__ = ["__version__", *_EXPORTS, *sorted(_SUBMODULES)]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from napari_unet import metrics, synthetic
+    from napari_unet.augment import AugmentConfig, augment, elastic_deform
+    from napari_unet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from napari_unet.inference import InferenceConfig, predict, predict_generator
+    from napari_unet.metrics import average_precision, iou, match_instances, rand_error
+    from napari_unet.model import UNet, UNetConfig
+    from napari_unet.normalization import Normalization
+    from napari_unet.postprocess import label_instances
+    from napari_unet.synthetic import make_touching_nuclei
+    from napari_unet.training import TrainConfig, train, train_generator
+    from napari_unet.weights import boundary_weight_map, separate_touching_objects
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"napari_unet.{_EXPORTS[name]}")
+        return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"napari_unet.{name}")
+    raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
