@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -34,7 +35,7 @@ def test_valid_sizes_are_spaced_by_two_to_the_depth(depth):
     config = UNetConfig(depth=depth)
     valid = [size for size in range(1, 800) if config._axis_output(size) is not None]
     assert valid[0] == config.min_input_size
-    assert all(b - a == 2**depth for a, b in zip(valid, valid[1:], strict=False))
+    assert all(b - a == 2**depth for a, b in itertools.pairwise(valid))
     for size in valid:
         assert config.output_shape((size, size))[0] == size - 2 * config.border
 

@@ -85,7 +85,9 @@ def test_public_api_exports(name):
 
 def test_importing_the_package_does_not_load_torch():
     code = "import sys, napari_unet, napari_unet._sample_data; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"
 
 

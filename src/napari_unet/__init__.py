@@ -15,7 +15,7 @@ their own modules, loaded by napari through ``napari.yaml``.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -48,19 +48,6 @@ _EXPORTS = {
 _SUBMODULES = {"synthetic", "metrics"}
 
 __all__ = ["__version__", *_EXPORTS, *sorted(_SUBMODULES)]
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from napari_unet import metrics, synthetic
-    from napari_unet.augment import AugmentConfig, augment, elastic_deform
-    from napari_unet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-    from napari_unet.inference import InferenceConfig, predict, predict_generator
-    from napari_unet.metrics import average_precision, iou, match_instances, rand_error
-    from napari_unet.model import UNet, UNetConfig
-    from napari_unet.normalization import Normalization
-    from napari_unet.postprocess import label_instances
-    from napari_unet.synthetic import make_touching_nuclei
-    from napari_unet.training import TrainConfig, train, train_generator
-    from napari_unet.weights import boundary_weight_map, separate_touching_objects
 
 
 def __getattr__(name: str) -> Any:

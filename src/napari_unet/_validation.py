@@ -19,8 +19,7 @@ def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     if rng is None or isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     raise TypeError(
-        f"rng must be a numpy.random.Generator, an integer seed or None, "
-        f"got {type(rng).__name__}."
+        f"rng must be a numpy.random.Generator, an integer seed or None, got {type(rng).__name__}."
     )
 
 
@@ -108,9 +107,7 @@ def check_labels(
     array = check_array(labels, name)
     if array.ndim not in tuple(ndim):
         allowed = " or ".join(f"{n}D" for n in ndim)
-        raise ValueError(
-            f"{name} must be a {allowed} label image, got shape {array.shape}."
-        )
+        raise ValueError(f"{name} must be a {allowed} label image, got shape {array.shape}.")
     if array.dtype == bool:
         raise TypeError(
             f"{name} is a boolean mask; give each object its own integer id "

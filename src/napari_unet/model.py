@@ -150,7 +150,7 @@ class UNetConfig:
         return size
 
     def _nearest_valid(self, size: int) -> tuple[int | None, int]:
-        """The valid input lengths just below (None if none) and at or above ``size``."""
+        """Return the valid input lengths just below (None if none) and at or above ``size``."""
         above = self._first_valid_from(max(size, 1))
         below = above - self.size_step
         return (below if self._axis_output(below) is not None else None), above
@@ -205,9 +205,7 @@ class _DoubleConv(nn.Sequential):
         layers: list[nn.Module] = []
         for channels in (in_channels, out_channels):
             layers.append(
-                nn.Conv2d(
-                    channels, out_channels, 3, padding=padding, bias=not config.batch_norm
-                )
+                nn.Conv2d(channels, out_channels, 3, padding=padding, bias=not config.batch_norm)
             )
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
@@ -280,9 +278,7 @@ class UNet(nn.Module):
     @property
     def n_conv_layers(self) -> int:
         """Number of convolution layers (Conv2d and ConvTranspose2d); 23 at depth 4."""
-        return sum(
-            isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) for module in self.modules()
-        )
+        return sum(isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) for module in self.modules())
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Spatial output shape for a spatial input shape; see :class:`UNetConfig`."""
