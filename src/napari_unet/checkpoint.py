@@ -1,0 +1,202 @@
+"""Saving and loading trained models: one self-describing file.
+
+A checkpoint holds a format version, the network's constructor config, the
+intensity normalisation, the mode and class names, training metadata (data
+shapes, steps, losses, date, package version) and the ``state_dict``. It is
+read with ``torch.load(..., weights_only=True)`` (no code runs from the file)
+and the weights are loaded with strict key matching into a network rebuilt
+from the saved config, so nothing has to be repeated at prediction time.
+
+Writes are atomic: the file is written beside its destination and renamed
+over it, so an interrupted save never destroys the previous model.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> from napari_unet.model import UNet, UNetConfig
+>>> from napari_unet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+>>> net = UNet(UNetConfig(base_channels=4, depth=2))
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "model.pt"
+>>> save_checkpoint(path, Checkpoint.from_model(net, mode="instances"))
+>>> loaded = load_checkpoint(path)
+>>> loaded.mode, loaded.model_config == net.config
+('instances', True)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from napari_unet import __version__
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.normalization import Normalization
+
+__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+FORMAT_VERSION = 1
+_MAGIC = "napari-unet-segmentation checkpoint"
+Mode = Literal["instances", "semantic"]
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable checkpoint of this package."""
+
+
+@dataclass
+class Checkpoint:
+    """A trained model and everything needed to use it again.
+
+    Attributes
+    ----------
+    model_config : UNetConfig
+        Architecture; the network is rebuilt from it.
+    state_dict : dict
+        The network's weights.
+    mode : {"instances", "semantic"}
+        What the labels mean (objects, or classes 1..K).
+    class_names : tuple of str
+        Name of each output class, background first.
+    normalization : Normalization
+        How input intensities were scaled during training.
+    metadata : dict
+        JSON-like training information (shapes, steps, losses, date, version).
+    """
+
+    model_config: UNetConfig
+    state_dict: dict[str, torch.Tensor]
+    mode: Mode = "instances"
+    class_names: tuple[str, ...] = ()
+    normalization: Normalization = field(default_factory=Normalization)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("instances", "semantic"):
+            raise ValueError(f'mode must be "instances" or "semantic", got {self.mode!r}.')
+        if not self.class_names:
+            self.class_names = default_class_names(self.mode, self.model_config.n_classes)
+        if len(self.class_names) != self.model_config.n_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names but the model has "
+                f"{self.model_config.n_classes} classes."
+            )
+
+    @classmethod
+    def from_model(cls, model: UNet, **kwargs: Any) -> Checkpoint:
+        """Capture ``model``'s config and a CPU copy of its weights."""
+        state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+        return cls(model_config=model.config, state_dict=state, **kwargs)
+
+    def build_model(self) -> UNet:
+        """Rebuild the network and load the weights (strict key matching)."""
+        model = UNet(self.model_config)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"The checkpoint's weights do not match its own network description: {error}"
+            ) from error
+        return model.eval()
+
+
+def default_class_names(mode: Mode, n_classes: int) -> tuple[str, ...]:
+    """Instances: background first, then "object"; semantic: "class 1" .. "class K"."""
+    if mode == "instances":
+        return (
+            ("background", "object")
+            if n_classes == 2
+            else tuple(["background"] + [f"class {k}" for k in range(1, n_classes)])
+        )
+    return tuple(f"class {k}" for k in range(1, n_classes + 1))
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (temporary file, then rename).
+
+    ``metadata`` gains ``saved_at`` and ``package_version``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path}/model.pt.")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"The folder {path.parent} does not exist; create it first.")
+    metadata = {
+        **checkpoint.metadata,
+        "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "package_version": __version__,
+    }
+    payload = {
+        "format": _MAGIC,
+        "format_version": FORMAT_VERSION,
+        "model_config": checkpoint.model_config.to_dict(),
+        "mode": checkpoint.mode,
+        "class_names": list(checkpoint.class_names),
+        "normalization": checkpoint.normalization.to_dict(),
+        "metadata": metadata,
+        "state_dict": checkpoint.state_dict,
+    }
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    checkpoint.metadata = metadata
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointError
+        If the file is corrupt, truncated, from another program or from a newer
+        version of this package; the message says which.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No model file at {path}; check the path.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged files
+        raise CheckpointError(
+            f"{path} is not a readable model file (damaged, truncated, or not a PyTorch "
+            f"file): {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != _MAGIC:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a napari-unet-segmentation model; train one "
+            f"with this plugin or the `napari-unet train` command."
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses checkpoint format {version!r}, newer than this version of "
+            f"napari-unet-segmentation ({__version__}) reads (up to {FORMAT_VERSION}); "
+            f"upgrade the package."
+        )
+    try:
+        checkpoint = Checkpoint(
+            model_config=UNetConfig(**payload["model_config"]),
+            state_dict=payload["state_dict"],
+            mode=payload["mode"],
+            class_names=tuple(payload["class_names"]),
+            normalization=Normalization.from_dict(payload["normalization"]),
+            metadata=dict(payload.get("metadata", {})),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} has a damaged model description: {error}") from error
+    checkpoint.build_model()  # strict key check now, so errors surface at load time
+    return checkpoint

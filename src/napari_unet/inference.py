@@ -1,0 +1,590 @@
+"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2).
+
+The image is cut into tiles whose *outputs* cover it; each tile's input
+carries ``border`` extra pixels of context on every side, taken from the image
+or, at the image edge, mirrored. With the valid U-Net an output pixel depends
+only on the input within ``border`` pixels of it, and max-pooling makes the
+result depend on the tile origin modulo ``2**depth``. Tile origins are therefore
+placed on multiples of ``2**depth``: the stitched result then equals one
+forward pass over the whole mirrored image, whatever the tile size.
+
+Inference is a generator: it yields a :class:`TileResult` as each tile
+finishes (so a viewer can show it at once) and returns the full result last;
+:func:`predict` runs it to the end. Memory is bounded by the tile, not by the
+image: the input may be a numpy, zarr or dask array or a memory map, read one
+tile at a time, and the outputs may be preallocated zarr arrays or memory maps.
+
+Examples
+--------
+>>> import numpy as np
+>>> from napari_unet.inference import tile_starts
+>>> tile_starts(100, tile=40, align=16)
+[0, 32, 64]
+>>> tile_starts(30, tile=40, align=16)
+[0]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from napari_unet.device import (
+    DEVICE_CHOICES,
+    PRECISION_CHOICES,
+    Precision,
+    autocast_dtype,
+    resolve_device,
+)
+from napari_unet.model import UNet
+from napari_unet.normalization import Normalization
+from napari_unet.postprocess import label_instances
+
+__all__ = [
+    "ImagePlanes",
+    "InferenceConfig",
+    "ModelPredictor",
+    "Prediction",
+    "TileResult",
+    "predict",
+    "predict_generator",
+    "tile_starts",
+    "tiled_predict",
+]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["instances", "semantic"]
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Settings of overlap-tile inference.
+
+    Parameters
+    ----------
+    tile_shape : tuple of int, optional
+        Output size (height, width) of one tile, rounded up to a size the
+        network can produce. By default the image is covered with the fewest
+        input pixels by tiles of at most ``max_tile_pixels`` output pixels.
+    max_tile_pixels : int
+        Upper bound on the output pixels of an automatically chosen tile; it
+        bounds memory (about 0.5 KB per pixel for the default network).
+    threshold : float
+        Foreground probability above which a pixel belongs to an object
+        (``instances`` mode).
+    seed_threshold : float or None
+        Probability above which pixels seed a watershed that splits touching
+        objects; None uses plain connected components.
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Mixed precision; "auto" uses it only where it is measured faster.
+    """
+
+    tile_shape: tuple[int, int] | None = None
+    max_tile_pixels: int = 1 << 21
+    threshold: float = 0.5
+    seed_threshold: float | None = 0.8
+    device: str = "auto"
+    precision: Precision = "auto"
+
+    def __post_init__(self) -> None:
+        if self.tile_shape is not None and (
+            len(self.tile_shape) != 2 or any(int(s) < 1 for s in self.tile_shape)
+        ):
+            raise ValueError(f"tile_shape must be two positive integers, got {self.tile_shape}.")
+        if self.max_tile_pixels < 1:
+            raise ValueError(f"max_tile_pixels must be positive, got {self.max_tile_pixels}.")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}.")
+        if self.seed_threshold is not None and not self.threshold < self.seed_threshold < 1.0:
+            raise ValueError(
+                f"seed_threshold must be between threshold ({self.threshold}) and 1, "
+                f"or None, got {self.seed_threshold}."
+            )
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in DEVICE_CHOICES:
+            raise ValueError(
+                f"device must be one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N'), "
+                f"got {self.device!r}."
+            )
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}."
+            )
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """One finished tile: where it lies and what the network predicted there.
+
+    Attributes
+    ----------
+    plane : int
+        Index of the 2D plane in a stack (0 for a 2D image).
+    index, count : int
+        Tile number within the plane and number of tiles of the plane.
+    region : tuple of slice
+        Rows and columns of the plane covered by ``probabilities``.
+    probabilities : numpy.ndarray
+        ``(n_classes, h, w)`` class probabilities of the region.
+    """
+
+    plane: int
+    index: int
+    count: int
+    region: tuple[slice, slice]
+    probabilities: np.ndarray
+
+
+@dataclass
+class Prediction:
+    """The result of inference on a whole image.
+
+    Attributes
+    ----------
+    labels : array
+        Instance labels (``instances`` mode) or class ids (``semantic``), with
+        the image's plane and spatial shape.
+    probabilities : array or None
+        ``(..., n_classes, H, W)`` probabilities when requested.
+    completed : bool
+        False when inference was stopped early; tiles not reached are 0.
+    """
+
+    labels: Any
+    probabilities: Any | None
+    completed: bool = True
+
+
+class ImagePlanes:
+    """Read 2D planes of an image, one box at a time, in ``(C, h, w)`` layout.
+
+    Parameters
+    ----------
+    image : array
+        numpy, zarr or dask array (or memory map) with at least two axes. The
+        last two axes that are not ``channel_axis`` are the spatial axes; any
+        other axes index planes of a stack.
+    channel_axis : int, optional
+        Axis holding channels (e.g. -1 for RGB), or None for one channel.
+    """
+
+    def __init__(self, image: Any, channel_axis: int | None = None) -> None:
+        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+            raise TypeError(f"image must be an array, got {type(image).__name__}.")
+        shape = tuple(int(s) for s in image.shape)
+        if channel_axis is not None:
+            if not -len(shape) <= channel_axis < len(shape):
+                raise ValueError(
+                    f"channel_axis {channel_axis} is out of range for an image of shape {shape}."
+                )
+            channel_axis %= len(shape)
+        other = [axis for axis in range(len(shape)) if axis != channel_axis]
+        if len(other) < 2:
+            raise ValueError(
+                f"image of shape {shape} has no two spatial axes besides the channel axis."
+            )
+        dtype = np.dtype(image.dtype)
+        if dtype.kind == "b" or not (
+            np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+        ):
+            raise TypeError(f"image must hold numbers, got dtype {dtype}.")
+        self.image = image
+        self.channel_axis = channel_axis
+        self.spatial_axes = tuple(other[-2:])
+        self.plane_axes = tuple(other[:-2])
+        self.plane_shape = tuple(shape[axis] for axis in self.plane_axes)
+        self.height, self.width = (shape[axis] for axis in self.spatial_axes)
+        self.channels = 1 if channel_axis is None else shape[channel_axis]
+        if self.height < 2 or self.width < 2:
+            raise ValueError(f"image planes must be at least 2x2 pixels, got {shape}.")
+
+    @property
+    def n_planes(self) -> int:
+        """Number of 2D planes (1 for a single image)."""
+        return math.prod(self.plane_shape)
+
+    def read(self, plane: int, rows: slice, cols: slice) -> np.ndarray:
+        """Return ``(C, h, w)`` pixels of one plane as a numpy array."""
+        plane_index = np.unravel_index(plane, self.plane_shape) if self.plane_shape else ()
+        index: list[Any] = [slice(None)] * len(self.image.shape)
+        for axis, value in zip(self.plane_axes, plane_index, strict=True):
+            index[axis] = int(value)
+        index[self.spatial_axes[0]] = rows
+        index[self.spatial_axes[1]] = cols
+        box = np.asarray(self.image[tuple(index)])
+        if self.channel_axis is None:
+            return box[np.newaxis]
+        # Remaining axes keep their order: put the channel axis first.
+        return np.moveaxis(
+            box,
+            int(self.channel_axis > self.spatial_axes[0])
+            + int(self.channel_axis > self.spatial_axes[1]),
+            0,
+        )
+
+    def plane_view(self, plane: int) -> _PlaneView:
+        """Strided-slicing view of one plane in ``(C, H, W)`` layout (for statistics)."""
+        return _PlaneView(self, plane)
+
+    def read_mirrored(self, plane: int, top: int, left: int, height: int, width: int) -> np.ndarray:
+        """Read a box that may extend past the image; the outside is mirrored.
+
+        Mirroring (numpy's "reflect") extends the image as in the paper's
+        overlap-tile strategy. The mirrored pixels come from the whole plane,
+        so the box equals the same box of ``np.pad(plane, ..., mode="reflect")``
+        even where the mirror reaches past the part of the box inside the image.
+        """
+        rows = _reflect_indices(top, height, self.height)
+        cols = _reflect_indices(left, width, self.width)
+        r0, r1 = int(rows.min()), int(rows.max()) + 1
+        c0, c1 = int(cols.min()), int(cols.max()) + 1
+        box = self.read(plane, slice(r0, r1), slice(c0, c1))
+        if r0 == top and c0 == left and r1 - r0 == height and c1 - c0 == width:
+            return box
+        return box[:, (rows - r0)[:, None], (cols - c0)[None, :]]
+
+
+def _reflect_indices(start: int, count: int, length: int) -> np.ndarray:
+    """Map ``start .. start + count - 1`` into ``[0, length)`` by mirroring at the edges.
+
+    The same mapping as ``np.pad(..., mode="reflect")`` (edge pixels not
+    repeated), also for pads longer than the axis.
+    """
+    period = 2 * (length - 1)
+    index = np.abs(np.arange(start, start + count)) % period
+    return np.where(index >= length, period - index, index)
+
+
+class _PlaneView:
+    """Minimal array-like over one plane, so normalisation can subsample it."""
+
+    def __init__(self, planes: ImagePlanes, plane: int) -> None:
+        self._planes, self._plane = planes, plane
+        self.shape = (planes.channels, planes.height, planes.width)
+
+    def __getitem__(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        channels, rows, cols = index
+        return self._planes.read(self._plane, rows, cols)[channels]
+
+
+def tile_starts(length: int, tile: int, align: int) -> list[int]:
+    """Start positions of output tiles covering ``[0, length)``.
+
+    Starts are multiples of ``align``, spread evenly, the first at 0 and the last
+    at the smallest aligned position from which a tile reaches the end (a tile
+    may run past the end by less than ``align``). Consecutive tiles overlap;
+    overlapping outputs are identical.
+    """
+    if tile < 1 or align < 1 or length < 1:
+        raise ValueError(f"length, tile and align must be positive, got {length}, {tile}, {align}.")
+    if tile >= length:
+        return [0]
+    step = (tile // align) * align
+    if step == 0:
+        raise ValueError(f"tile ({tile}) must be at least the alignment ({align}).")
+    last = math.ceil((length - tile) / align) * align
+    count = math.ceil(last / step) + 1
+    starts = sorted({round(x / align) * align for x in np.linspace(0, last, count)})
+    return [int(s) for s in starts]
+
+
+def tiled_predict(
+    planes: ImagePlanes,
+    plane: int,
+    predictor: Predictor,
+    *,
+    border: int,
+    tile_shape: tuple[int, int],
+    align: int,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[TileResult, None, bool]:
+    """Run ``predictor`` over overlapping tiles of one plane; yield each tile's output.
+
+    Parameters
+    ----------
+    planes : ImagePlanes
+        The image.
+    plane : int
+        Which plane.
+    predictor : callable
+        Maps a ``(C, h + 2 border, w + 2 border)`` float32 input tile to
+        ``(K, h, w)`` outputs (any callable: tests use trivial ones).
+    border : int
+        Context pixels on each side of an output tile.
+    tile_shape : tuple of int
+        Output tile (height, width).
+    align : int
+        Tile origins are multiples of this (``2**depth`` for a U-Net).
+    prepare : callable, optional
+        Applied to each raw input tile before ``predictor`` (normalisation).
+    should_stop : callable, optional
+        Checked before every tile; when it returns True the generator stops.
+
+    Returns
+    -------
+    bool
+        True when every tile was processed (the generator's return value).
+    """
+    rows = tile_starts(planes.height, tile_shape[0], align)
+    cols = tile_starts(planes.width, tile_shape[1], align)
+    count = len(rows) * len(cols)
+    for index, (top, left) in enumerate((r, c) for r in rows for c in cols):
+        if should_stop is not None and should_stop():
+            return False
+        tile = planes.read_mirrored(
+            plane,
+            top - border,
+            left - border,
+            tile_shape[0] + 2 * border,
+            tile_shape[1] + 2 * border,
+        )
+        if prepare is not None:
+            tile = prepare(tile)
+        output = predictor(tile)
+        height = min(tile_shape[0], planes.height - top)
+        width = min(tile_shape[1], planes.width - left)
+        region = (slice(top, top + height), slice(left, left + width))
+        yield TileResult(plane, index, count, region, output[:, :height, :width])
+    return True
+
+
+class ModelPredictor:
+    """Wrap a :class:`~napari_unet.model.UNet` as a tile predictor returning probabilities.
+
+    Runs under ``torch.inference_mode`` in ``channels_last`` memory format (1.35-1.8x
+    faster convolutions on CPU), with autocast where :func:`autocast_dtype` says
+    it is faster and safe.
+    """
+
+    def __init__(self, model: UNet, device: str = "auto", precision: Precision = "auto") -> None:
+        self.device = resolve_device(device)
+        self.dtype = autocast_dtype(self.device, precision)
+        self.model = model.to(self.device).eval()
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.config = model.config
+
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        """Return ``(n_classes, h, w)`` softmax probabilities for a ``(C, H, W)`` tile."""
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[None]
+            batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                logits = self.model(batch)
+            return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+
+
+def choose_tile_shape(
+    height: int, width: int, model_config: Any, max_tile_pixels: int
+) -> tuple[int, int]:
+    """Pick the output tile that covers the image with the fewest input pixels.
+
+    Among tilings of ``n_rows x n_cols`` tiles of equal size whose output has
+    at most ``max_tile_pixels`` pixels, take the one whose tiles' inputs (output
+    plus the border on each side) add up to the least area.
+    """
+    border, step = model_config.border, model_config.size_step
+
+    def covering(length: int, parts: int) -> int:
+        wanted = max(math.ceil(length / parts), step)
+        size = model_config.input_shape_for((wanted, 1))[0]
+        return model_config.output_shape((size, size))[0]
+
+    def input_area(length: int, tile: int) -> int:
+        return len(tile_starts(length, tile, step)) * (tile + 2 * border)
+
+    smallest = covering(1, 1)
+    # Tiles within the budget come first (fewest input pixels among them); only
+    # when none fits (a budget below the smallest tile) take the smallest tile.
+    best: tuple[tuple[bool, int], tuple[int, int]] | None = None
+    for n_rows in range(1, math.ceil(height / smallest) + 1):
+        tile_h = covering(height, n_rows)
+        # Fewest columns whose tiles fit the budget (tile width shrinks with n).
+        low, high = 1, math.ceil(width / smallest)
+        while low < high:
+            middle = (low + high) // 2
+            if tile_h * covering(width, middle) <= max_tile_pixels:
+                high = middle
+            else:
+                low = middle + 1
+        tile_w = covering(width, low)
+        area = tile_h * tile_w
+        if area > max_tile_pixels:
+            key = (True, area)
+        else:
+            key = (False, input_area(height, tile_h) * input_area(width, tile_w))
+        if best is None or key < best[0]:
+            best = (key, (tile_h, tile_w))
+    assert best is not None
+    return best[1]
+
+
+def predict_generator(
+    model: UNet,
+    image: Any,
+    *,
+    channel_axis: int | None = None,
+    mode: Mode = "instances",
+    normalization: Normalization | None = None,
+    config: InferenceConfig | None = None,
+    return_probabilities: bool = False,
+    labels_out: Any | None = None,
+    probabilities_out: Any | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    predictor: Predictor | None = None,
+) -> Generator[TileResult, None, Prediction]:
+    """Segment an image or a stack tile by tile; yield tiles, return the result.
+
+    Parameters
+    ----------
+    model : UNet
+        The trained network (its config gives the tiling arithmetic).
+    image : array
+        2D image, stack of 2D planes, optionally with a channel axis; numpy,
+        zarr, dask or memory-mapped.
+    channel_axis : int, optional
+        Axis of channels (-1 for RGB); must match the model's ``in_channels``.
+    mode : {"instances", "semantic"}
+        "instances": labels are objects (connected components of the
+        foreground, split by a seeded watershed). "semantic": labels are the
+        most probable class per pixel.
+    normalization : Normalization, optional
+        How to scale intensities (from the checkpoint); default percentiles.
+    config : InferenceConfig, optional
+        Tiling, thresholds, device and precision.
+    return_probabilities : bool
+        Also return class probabilities (``(..., K, H, W)`` float32).
+    labels_out, probabilities_out : array, optional
+        Preallocated outputs (e.g. zarr arrays or memory maps) of the right
+        shape; labels need an integer dtype.
+    should_stop : callable, optional
+        Polled before every tile; inference then stops and returns what is done.
+    predictor : callable, optional
+        Replaces the model's forward pass (for tests and custom back ends).
+
+    Yields
+    ------
+    TileResult
+        Each finished tile.
+
+    Returns
+    -------
+    Prediction
+        Labels (and probabilities) for the whole image.
+    """
+    config = config or InferenceConfig()
+    normalization = normalization or Normalization()
+    if mode not in ("instances", "semantic"):
+        raise ValueError(f'mode must be "instances" or "semantic", got {mode!r}.')
+    planes = ImagePlanes(image, channel_axis)
+    model_config = model.config
+    if planes.channels != model_config.in_channels:
+        raise ValueError(
+            f"The model expects {model_config.in_channels} channel(s) but the image has "
+            f"{planes.channels} (channel_axis={channel_axis}); choose the matching channel axis "
+            f"or a model trained on this kind of image."
+        )
+    n_classes = model_config.n_classes
+    spatial = (planes.height, planes.width)
+    labels = (
+        labels_out
+        if labels_out is not None
+        else np.zeros(
+            (*planes.plane_shape, *spatial), dtype=np.uint32 if mode == "instances" else np.uint16
+        )
+    )
+    _check_out(labels, (*planes.plane_shape, *spatial), "labels_out")
+    if not np.issubdtype(np.dtype(labels.dtype), np.integer):
+        raise TypeError(f"labels_out needs an integer dtype, got {np.dtype(labels.dtype)}.")
+    probabilities = probabilities_out
+    if probabilities is None and return_probabilities:
+        probabilities = np.zeros((*planes.plane_shape, n_classes, *spatial), dtype=np.float32)
+    if probabilities is not None:
+        _check_out(probabilities, (*planes.plane_shape, n_classes, *spatial), "probabilities_out")
+        if not np.issubdtype(np.dtype(probabilities.dtype), np.floating):
+            raise TypeError(
+                f"probabilities_out needs a float dtype, got {np.dtype(probabilities.dtype)}."
+            )
+    predictor = predictor or ModelPredictor(model, config.device, config.precision)
+    if config.tile_shape is not None:
+        wanted = tuple(max(int(size), model_config.size_step) for size in config.tile_shape)
+        tile_shape = model_config.output_shape(model_config.input_shape_for(wanted))
+    else:
+        tile_shape = choose_tile_shape(*spatial, model_config, config.max_tile_pixels)
+    border = model_config.border if model_config.padding == "valid" else 2 * model_config.size_step
+    if model_config.padding == "same":
+        predictor = _crop_predictor(predictor, border)
+    logger.info("Tiling %s with output tiles of %s (border %d)", spatial, tile_shape, border)
+
+    completed = True
+    for plane in range(planes.n_planes):
+        index = np.unravel_index(plane, planes.plane_shape) if planes.plane_shape else ()
+        low, high = normalization.statistics(planes.plane_view(plane))
+        foreground = np.zeros(spatial, np.float32) if mode == "instances" else None
+        tiles = tiled_predict(
+            planes,
+            plane,
+            predictor,
+            border=border,
+            tile_shape=tile_shape,
+            align=model_config.size_step,
+            prepare=lambda tile, low=low, high=high: Normalization.apply(tile, low, high),
+            should_stop=should_stop,
+        )
+        while True:
+            try:
+                result = next(tiles)
+            except StopIteration as stop:
+                completed = bool(stop.value)
+                break
+            rows, cols = result.region
+            if foreground is not None:
+                foreground[rows, cols] = 1.0 - result.probabilities[0]
+            else:
+                # Semantic classes are 1..K, as in the training labels.
+                labels[(*index, rows, cols)] = np.argmax(result.probabilities, axis=0) + 1
+            if probabilities is not None:
+                probabilities[(*index, slice(None), rows, cols)] = result.probabilities
+            yield result
+        if foreground is not None:
+            plane_labels = label_instances(
+                foreground, threshold=config.threshold, seed_threshold=config.seed_threshold
+            )
+            labels[index] = plane_labels
+        if not completed:
+            break
+    return Prediction(labels=labels, probabilities=probabilities, completed=completed)
+
+
+def predict(model: UNet, image: Any, **kwargs: Any) -> Prediction:
+    """Run :func:`predict_generator` to the end and return its :class:`Prediction`."""
+    generator = predict_generator(model, image, **kwargs)
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _crop_predictor(predictor: Predictor, border: int) -> Predictor:
+    """For "same" padding: keep the centre of the output, like a valid network."""
+
+    def cropped(tile: np.ndarray) -> np.ndarray:
+        output = predictor(tile)
+        return output[:, border:-border, border:-border]
+
+    return cropped
+
+
+def _check_out(array: Any, shape: Sequence[int], name: str) -> None:
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(array.shape)}.")
