@@ -1,0 +1,932 @@
+"""Training engine: the paper's weighted loss, augmented tiles, a generator of events.
+
+:func:`train_generator` yields a :class:`TrainingProgress` every step and a
+:class:`ValidationResult` every ``validation_every`` steps when a validation
+pair is given, and returns a :class:`TrainingResult` (the model and its
+checkpoint). :func:`train` runs it to the end. Stopping is cooperative: a
+``should_stop`` callable is polled every step and the model trained so far is
+returned.
+
+Data flow: each (image, labels) pair is normalised and its boundary weight map
+computed once. A background thread then draws random tiles of the network's
+input size around annotated pixels, warps them with one combined transform
+(elastic deformation on a coarse 3x3 grid, rotation, flip, shift, mirrored at
+the image border) and applies gray-value changes, so preparing data overlaps
+with the model's step.
+
+Examples
+--------
+>>> import numpy as np
+>>> import torch
+>>> from napari_unet.training import weighted_cross_entropy
+>>> logits = torch.zeros(1, 2, 1, 2)           # p = 0.5 for both classes
+>>> target = torch.tensor([[[0, 1]]])
+>>> weights = torch.tensor([[[1.0, 3.0]]])
+>>> round(weighted_cross_entropy(logits, target, weights).item(), 4)  # (1 + 3) log 2 / 2
+1.3863
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from napari_unet._validation import as_rng, check_image, check_labels, check_same_shape
+from napari_unet.augment import AugmentConfig, gray_value_jitter, random_displacement_field, warp
+from napari_unet.checkpoint import Checkpoint
+from napari_unet.device import Precision, autocast_dtype, resolve_device
+from napari_unet.metrics import average_precision
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.normalization import Normalization
+from napari_unet.weights import boundary_weight_map, separate_touching_objects
+
+__all__ = [
+    "TrainConfig",
+    "TrainingData",
+    "TrainingMessage",
+    "TrainingProgress",
+    "TrainingResult",
+    "ValidationResult",
+    "prepare_training_data",
+    "train",
+    "train_generator",
+    "weighted_cross_entropy",
+]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["instances", "semantic"]
+MODEL_SIZES = {"small": 16, "medium": 32, "large": 64}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run.
+
+    Parameters
+    ----------
+    mode : {"instances", "semantic"}
+        "instances": every non-zero label is an object; the network learns
+        background/foreground with touching objects separated and the boundary
+        weight map. "semantic": label values 1..K are classes, 0 is unlabelled.
+    steps : int, optional
+        Number of optimisation steps (one tile each). With ``minutes`` as well,
+        training stops at whichever comes first.
+    minutes : float, optional
+        Wall-clock budget.
+    base_channels : int
+        Width of the network (16 default for interactive CPU training: about 8x
+        faster per step than the paper's 64; see ``docs/benchmarks.md``).
+    depth, padding, batch_norm, dropout
+        Passed to :class:`~napari_unet.model.UNetConfig`.
+    tile_size : int
+        Input tile side; must be a valid input size (380 -> 196 output at depth 4).
+    optimizer : {"adam", "sgd"}
+        Adam (default, for short interactive runs) or the paper's SGD with
+        momentum 0.99 and batch 1.
+    learning_rate : float, optional
+        Peak learning rate; default 1e-3 for Adam and 1e-4 for SGD with
+        momentum 0.99 (its effective step is ~100x the rate). The rate rises
+        linearly over the first 2% of the budget and then decays on a cosine.
+    w0, sigma : float
+        Boundary weight map parameters (paper: 10 and ~5 px).
+    augment : AugmentConfig
+        Elastic deformation, flips/rotations, gray values.
+    rotate : bool
+        Also rotate tiles by a random angle (besides 90-degree steps).
+    validation_every : int
+        Steps between validation passes (when a validation pair is given).
+    seed : int, optional
+        Makes a CPU run reproducible.
+    device : str
+        "auto", "cpu", "cuda" or "mps".
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Mixed precision; "auto" only where it is faster and safe.
+    normalization : Normalization
+        Intensity scaling (ignored when fine-tuning: the checkpoint's is kept).
+    """
+
+    mode: Mode = "instances"
+    steps: int | None = 500
+    minutes: float | None = None
+    base_channels: int = 16
+    depth: int = 4
+    padding: Literal["valid", "same"] = "valid"
+    batch_norm: bool = False
+    dropout: float = 0.5
+    tile_size: int = 380
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float | None = None
+    w0: float = 10.0
+    sigma: float = 5.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    rotate: bool = True
+    validation_every: int = 50
+    seed: int | None = 0
+    device: str = "auto"
+    precision: Precision = "auto"
+    normalization: Normalization = field(default_factory=Normalization)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("instances", "semantic"):
+            raise ValueError(f'mode must be "instances" or "semantic", got {self.mode!r}.')
+        if self.steps is None and self.minutes is None:
+            raise ValueError("Give a budget: steps, minutes or both.")
+        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}.")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes!r}.")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f'optimizer must be "adam" or "sgd", got {self.optimizer!r}.')
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
+        if self.validation_every < 1:
+            raise ValueError(f"validation_every must be positive, got {self.validation_every}.")
+        if self.w0 < 0 or self.sigma <= 0:
+            raise ValueError(f"w0 must be >= 0 and sigma > 0, got {self.w0} and {self.sigma}.")
+        self.model_config(1, 2).output_shape((self.tile_size, self.tile_size))
+
+    def model_config(self, in_channels: int, n_classes: int) -> UNetConfig:
+        """Return the network architecture for ``in_channels`` and ``n_classes``."""
+        return UNetConfig(
+            in_channels=in_channels,
+            n_classes=n_classes,
+            depth=self.depth,
+            base_channels=self.base_channels,
+            padding=self.padding,
+            batch_norm=self.batch_norm,
+            dropout=self.dropout,
+        )
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """The learning rate after warm-up."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.optimizer == "adam" else 1e-4
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Emitted after every optimisation step."""
+
+    step: int
+    total_steps: int | None
+    loss: float
+    elapsed: float
+    images_per_second: float
+    learning_rate: float
+    data_wait_fraction: float
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Emitted every ``validation_every`` steps when a validation pair is given.
+
+    ``score`` is the average precision at IoU 0.5 (instances) or the mean
+    intersection over union of the classes (semantic).
+    """
+
+    step: int
+    loss: float
+    score: float
+    score_name: str
+
+
+@dataclass(frozen=True)
+class TrainingMessage:
+    """Something the user should know (e.g. the tile was made smaller)."""
+
+    step: int
+    text: str
+
+
+@dataclass
+class TrainingResult:
+    """What training returns: the model, its checkpoint and why it ended.
+
+    ``stop_reason`` is "budget" (steps or minutes used), "stopped" (asked to
+    stop) or "non-finite loss" (weights restored to the last good step).
+    """
+
+    model: UNet
+    checkpoint: Checkpoint
+    steps: int
+    stop_reason: str
+    losses: list[float]
+    validation: list[ValidationResult]
+
+
+TrainingEvent = TrainingProgress | ValidationResult | TrainingMessage
+
+
+# -- loss -------------------------------------------------------------------------------
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Compute the paper's energy: pixel-wise softmax cross-entropy weighted by w(x).
+
+    Returns ``-sum_x w(x) log p_{l(x)}(x) / n_pixels``: the paper's
+    ``E = sum w log p`` with the sign of a loss and divided by the (constant)
+    number of output pixels, which only rescales the learning rate. Pixels with
+    zero weight (not annotated) contribute nothing whatever their target.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (N, K, H, W)
+    target : torch.Tensor of int64, shape (N, H, W)
+    weights : torch.Tensor, shape (N, H, W)
+    """
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    picked = log_p.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
+    return -(weights * picked).sum() / target.numel()
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sample:
+    image: np.ndarray  # (C, H, W) float32, normalised
+    target: np.ndarray  # (H, W) int64 class index
+    weights: np.ndarray  # (H, W) float32, 0 where not annotated
+    annotated: np.ndarray  # flat indices of a subsample of annotated pixels
+
+
+@dataclass
+class TrainingData:
+    """Normalised planes with their targets and weight maps, computed once."""
+
+    samples: list[_Sample]
+    in_channels: int
+    n_classes: int
+    mode: Mode
+    shapes: list[tuple[int, ...]]
+
+    @property
+    def n_pixels(self) -> int:
+        """Annotated pixels over all planes."""
+        return int(sum(int((s.weights > 0).sum()) for s in self.samples))
+
+
+def _split_planes(
+    image: np.ndarray, labels: np.ndarray, channel_axis: int | None, name: str
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Return lists of (C, H, W) image planes and (H, W) label planes."""
+    image = np.asarray(image)
+    labels = check_labels(labels, f"{name} labels", ndim=(2, 3), require_objects=False)
+    if channel_axis is not None:
+        image = np.moveaxis(image, channel_axis, -3)
+    elif image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4) and image.ndim >= 3:
+        # RGB(A) as napari shows it: (..., H, W, 3).
+        image = np.moveaxis(image, -1, -3)
+    else:
+        image = image[..., np.newaxis, :, :]
+    image = check_image(image, f"{name} image", ndim=(3, 4))
+    if image.ndim == 3 and labels.ndim == 2:
+        return [image], [labels]
+    if image.ndim == 4 and labels.ndim == 3 and image.shape[0] == labels.shape[0]:
+        return list(image), list(labels)
+    raise ValueError(
+        f"{name}: image of shape {image.shape} (channels first) does not match labels of "
+        f"shape {labels.shape}; give one 2D plane of labels per image plane."
+    )
+
+
+def prepare_training_data(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    mode: Mode = "instances",
+    masks: Sequence[np.ndarray | None] | None = None,
+    channel_axis: int | None = None,
+    normalization: Normalization | None = None,
+    n_classes: int | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+) -> TrainingData:
+    """Turn (image, labels) pairs into normalised training planes with weight maps.
+
+    Parameters
+    ----------
+    pairs : sequence of (image, labels)
+        Images 2D ``(H, W)``, RGB ``(H, W, 3)`` or stacks ``(Z, H, W)``; labels
+        of the same height and width (one plane per image plane).
+    mode : {"instances", "semantic"}
+        See :class:`TrainConfig`.
+    masks : sequence of arrays or None, optional
+        Per pair, a boolean mask of fully annotated regions (same shape as the
+        labels); pixels outside carry zero loss weight.
+    channel_axis : int, optional
+        Channel axis of the images (RGB is recognised by itself).
+    normalization : Normalization, optional
+        Intensity scaling; percentiles by default.
+    n_classes : int, optional
+        Number of classes of a semantic model (default: the largest label).
+    w0, sigma : float
+        Boundary weight map parameters (instances mode).
+
+    Raises
+    ------
+    ValueError
+        If no plane holds any annotation, or shapes disagree.
+    """
+    if mode not in ("instances", "semantic"):
+        raise ValueError(f'mode must be "instances" or "semantic", got {mode!r}.')
+    if len(pairs) == 0:
+        raise ValueError("Give at least one (image, labels) pair to train on.")
+    normalization = normalization or Normalization()
+    masks = list(masks) if masks is not None else [None] * len(pairs)
+    if len(masks) != len(pairs):
+        raise ValueError(f"Got {len(masks)} masks for {len(pairs)} image/label pairs.")
+    planes: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    for number, ((image, labels), mask) in enumerate(zip(pairs, masks, strict=True), start=1):
+        name = f"pair {number}"
+        images, label_planes = _split_planes(image, labels, channel_axis, name)
+        mask_planes: list[np.ndarray | None] = [None] * len(images)
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != np.shape(labels):
+                raise ValueError(
+                    f"{name}: the annotated-region mask has shape {mask.shape} but the labels "
+                    f"have shape {np.shape(labels)}."
+                )
+            mask_planes = [mask] if mask.ndim == 2 else list(mask)
+        for plane_image, plane_labels, plane_mask in zip(
+            images, label_planes, mask_planes, strict=True
+        ):
+            check_same_shape(plane_image, plane_labels, f"{name} image", f"{name} labels")
+            planes.append((plane_image, plane_labels, plane_mask))
+    channels = {p[0].shape[0] for p in planes}
+    if len(channels) != 1:
+        raise ValueError(f"All images must have the same number of channels, got {channels}.")
+    if mode == "semantic":
+        largest = max(int(p[1].max()) for p in planes)
+        n_classes = n_classes or largest
+        if largest > n_classes:
+            raise ValueError(f"Labels go up to {largest} but the model has {n_classes} classes.")
+        if n_classes < 2:
+            raise ValueError(
+                "Semantic mode needs at least two classes (label values 1 and 2; 0 is "
+                "unlabelled). For objects on background use mode 'instances'."
+            )
+    else:
+        n_classes = 2
+    samples, shapes = [], []
+    for plane_image, plane_labels, plane_mask in planes:
+        sample = _make_sample(
+            plane_image, plane_labels, plane_mask, mode, n_classes, normalization, w0, sigma
+        )
+        if sample is not None:
+            samples.append(sample)
+            shapes.append(plane_image.shape)
+    if not samples:
+        raise ValueError(
+            "No annotation found: every label plane is empty. Paint some objects (or, in "
+            "semantic mode, classes) in the labels layer, or mark annotated regions."
+        )
+    return TrainingData(samples, channels.pop(), n_classes, mode, shapes)
+
+
+def _make_sample(
+    image: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray | None,
+    mode: Mode,
+    n_classes: int,
+    normalization: Normalization,
+    w0: float,
+    sigma: float,
+) -> _Sample | None:
+    low, high = normalization.statistics(image)
+    normalised = Normalization.apply(image, low, high)
+    if mode == "instances":
+        if mask is None and not labels.any():
+            return None
+        region = mask if mask is not None else np.ones(labels.shape, bool)
+        if not region.any():
+            return None
+        target = (separate_touching_objects(labels) > 0).astype(np.int64)
+        # Balance the classes over the annotated region only.
+        counts = np.bincount(target[region], minlength=2).astype(np.float64)
+        present = counts > 0
+        class_weights = np.where(
+            present, region.sum() / (present.sum() * np.maximum(counts, 1)), 0.0
+        )
+        if labels.any():
+            weights = boundary_weight_map(
+                labels, w0=w0, sigma=sigma, class_weights=tuple(class_weights)
+            )
+        else:
+            weights = class_weights[target].astype(np.float32)
+        weights = np.where(region, weights, 0.0).astype(np.float32)
+    else:
+        region = labels > 0
+        if mask is not None:
+            region &= mask
+        if not region.any():
+            return None
+        target = np.where(region, labels.astype(np.int64) - 1, 0)
+        counts = np.bincount(target[region], minlength=n_classes).astype(np.float64)
+        present = counts > 0
+        class_weights = np.where(
+            present, region.sum() / (present.sum() * np.maximum(counts, 1)), 0.0
+        )
+        weights = np.where(region, class_weights[target], 0.0).astype(np.float32)
+    flat = np.flatnonzero(weights > 0)
+    if flat.size > 65536:  # a subsample is enough to centre tiles on annotation
+        flat = flat[:: flat.size // 65536]
+    return _Sample(normalised, target, weights, flat)
+
+
+class _TileSampler:
+    """Draws augmented training tiles; runs in a background thread."""
+
+    def __init__(
+        self,
+        data: TrainingData,
+        input_size: int,
+        output_size: int,
+        config: TrainConfig,
+        rng: np.random.Generator,
+    ) -> None:
+        self.data, self.config, self.rng = data, config, rng
+        self.input_size, self.output_size = input_size, output_size
+        areas = np.array([s.annotated.size for s in data.samples], dtype=np.float64)
+        self.probabilities = areas / areas.sum()
+        offset = (input_size - output_size) / 2
+        grid = np.indices((input_size, input_size), dtype=np.float32)
+        self.grid = grid - (input_size - 1) / 2  # centred on the tile
+        self.inner = (slice(int(offset), int(offset) + output_size),) * 2
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng, augment = self.rng, self.config.augment
+        sample = self.data.samples[rng.choice(len(self.data.samples), p=self.probabilities)]
+        height, width = sample.target.shape
+        centre = np.unravel_index(
+            sample.annotated[rng.integers(sample.annotated.size)], (height, width)
+        )
+        # Shift so the annotated pixel lands anywhere in the output window.
+        jitter = rng.uniform(-self.output_size / 2, self.output_size / 2, size=2)
+        centre = np.asarray(centre, dtype=np.float32) + jitter.astype(np.float32)
+        angle = rng.uniform(0, 2 * np.pi) if self.config.rotate else 0.0
+        quarter = rng.integers(4) if augment.flip_rotate else 0
+        flip = bool(rng.integers(2)) if augment.flip_rotate else False
+        angle += quarter * np.pi / 2
+        cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+        rows, cols = self.grid
+        if flip:
+            cols = -cols
+        coords = np.stack([cos * rows - sin * cols, sin * rows + cos * cols])
+        if augment.elastic_std > 0:
+            coords += random_displacement_field(
+                (self.input_size, self.input_size),
+                std=augment.elastic_std,
+                grid=augment.elastic_grid,
+                rng=rng,
+            )
+        coords += centre[:, None, None]
+        image = _warp_window(sample.image, coords, augment.image_order)
+        inner = coords[:, self.inner[0], self.inner[1]]
+        target = _warp_window(sample.target, inner, 0)
+        weights = _warp_window(sample.weights, inner, 1)
+        if not augment.is_identity:
+            image = gray_value_jitter(
+                image,
+                gamma=augment.gamma,
+                gain=augment.gain,
+                offset=augment.offset,
+                noise=augment.noise,
+                rng=rng,
+            )
+        return image, target, weights
+
+
+def _warp_window(array: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
+    """Warp only the window of ``array`` that ``coords`` reach (cost bounded by the tile).
+
+    The window is clipped to the array, so positions outside it are still
+    mirrored about the real image border.
+    """
+    height, width = array.shape[-2:]
+    margin = 3  # support of the cubic spline
+    r0 = max(int(np.floor(coords[0].min())) - margin, 0)
+    r1 = min(int(np.ceil(coords[0].max())) + margin + 1, height)
+    c0 = max(int(np.floor(coords[1].min())) - margin, 0)
+    c1 = min(int(np.ceil(coords[1].max())) + margin + 1, width)
+    if r0 >= r1 or c0 >= c1:  # entirely outside: take the whole (small) image
+        r0, r1, c0, c1 = 0, height, 0, width
+    window = array[..., r0:r1, c0:c1]
+    shift = np.array([r0, c0], dtype=coords.dtype)[:, None, None]
+    return warp(window, coords - shift, order=order, mode="mirror")
+
+
+class _Prefetcher:
+    """Run a tile sampler in a daemon thread, a few tiles ahead of the model."""
+
+    def __init__(self, sampler: _TileSampler, depth: int = 4) -> None:
+        self.sampler = sampler
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="napari-unet-tiles", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                item: Any = self.sampler.draw()
+            except Exception as error:  # hand the error to the training loop
+                item = error
+            while not self.stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
+
+    def get(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        item = self.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+def train_generator(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    config: TrainConfig | None = None,
+    *,
+    masks: Sequence[np.ndarray | None] | None = None,
+    channel_axis: int | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    initial: Checkpoint | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Generator[TrainingEvent, None, TrainingResult]:
+    """Train a U-Net; yield progress events; return the :class:`TrainingResult`.
+
+    Parameters
+    ----------
+    pairs : sequence of (image, labels)
+        Training data (see :func:`prepare_training_data`).
+    config : TrainConfig, optional
+        Settings; defaults to 500 Adam steps of the small network.
+    masks : sequence, optional
+        Annotated-region masks, one per pair (None where fully annotated).
+    channel_axis : int, optional
+        Channel axis of the images.
+    validation : (image, labels), optional
+        A held-out pair evaluated every ``config.validation_every`` steps.
+    initial : Checkpoint, optional
+        Fine-tune this model instead of starting from scratch (its mode,
+        channels and normalisation must match).
+    should_stop : callable, optional
+        Polled every step; when it returns True training ends cleanly.
+    metadata : dict, optional
+        Extra information stored in the checkpoint.
+    """
+    config = config or TrainConfig()
+    normalization = initial.normalization if initial is not None else config.normalization
+    n_classes = initial.model_config.n_classes if initial is not None else None
+    if initial is not None and initial.mode != config.mode:
+        raise ValueError(
+            f"The starting model was trained in {initial.mode!r} mode but training is in "
+            f"{config.mode!r} mode; choose the same mode or start a new model."
+        )
+    data = prepare_training_data(
+        pairs,
+        mode=config.mode,
+        masks=masks,
+        channel_axis=channel_axis,
+        normalization=normalization,
+        n_classes=n_classes,
+        w0=config.w0,
+        sigma=config.sigma,
+    )
+    if initial is not None:
+        model_config = initial.model_config
+        if model_config.in_channels != data.in_channels:
+            raise ValueError(
+                f"The starting model expects {model_config.in_channels} channel(s) but the "
+                f"images have {data.in_channels}; start a new model."
+            )
+    else:
+        model_config = config.model_config(data.in_channels, data.n_classes)
+    validation_data = validation_plane = None
+    if validation is not None:
+        images, label_planes = _split_planes(*validation, channel_axis, "validation")
+        validation_plane = (images[0], label_planes[0])
+        validation_data = prepare_training_data(
+            [validation],
+            mode=config.mode,
+            channel_axis=channel_axis,
+            normalization=normalization,
+            n_classes=data.n_classes,
+            w0=config.w0,
+            sigma=config.sigma,
+        )
+    device = resolve_device(config.device)
+    amp = autocast_dtype(device, config.precision)
+    rng = as_rng(config.seed)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        if initial is not None:
+            model = initial.build_model()
+        else:
+            model = UNet(model_config)
+        result = yield from _train_loop(
+            model,
+            data,
+            validation_data,
+            validation_plane,
+            normalization,
+            config,
+            device,
+            amp,
+            rng,
+            should_stop,
+        )
+    model = result.model
+    result.checkpoint = Checkpoint.from_model(
+        model,
+        mode=config.mode,
+        class_names=initial.class_names if initial is not None else (),
+        normalization=normalization,
+        metadata={
+            "data_shapes": [list(s) for s in data.shapes],
+            "steps": result.steps,
+            "stop_reason": result.stop_reason,
+            "final_losses": result.losses[-20:],
+            "validation": [
+                {"step": v.step, "loss": v.loss, v.score_name: v.score} for v in result.validation
+            ],
+            "train_config": {
+                "optimizer": config.optimizer,
+                "learning_rate": config.peak_learning_rate,
+                "tile_size": config.tile_size,
+                "w0": config.w0,
+                "sigma": config.sigma,
+                "seed": config.seed,
+            },
+            "fine_tuned_from": (
+                {key: initial.metadata.get(key) for key in ("saved_at", "steps", "data_shapes")}
+                if initial is not None
+                else None
+            ),
+            **(metadata or {}),
+        },
+    )
+    return result
+
+
+def _train_loop(
+    model: UNet,
+    data: TrainingData,
+    validation_data: TrainingData | None,
+    validation_plane: tuple[np.ndarray, np.ndarray] | None,
+    normalization: Normalization,
+    config: TrainConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+    rng: np.random.Generator,
+    should_stop: Callable[[], bool] | None,
+) -> Generator[TrainingEvent, None, TrainingResult]:
+    model = model.to(device).to(memory_format=torch.channels_last).train()
+    parameters = model.parameters()
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            parameters, lr=config.peak_learning_rate
+        )
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=config.peak_learning_rate, momentum=0.99)
+    tile = config.tile_size
+    sampler_seed = int(rng.integers(2**63))
+    prefetch = _Prefetcher(_make_sampler(data, model.config, tile, config, sampler_seed))
+    losses: list[float] = []
+    validations: list[ValidationResult] = []
+    good_state = _copy_state(model)
+    start = time.perf_counter()
+    waited = 0.0
+    step = 0
+    stop_reason = "budget"
+    try:
+        while True:
+            elapsed = time.perf_counter() - start
+            progress = _progress(step, elapsed, config)
+            if progress >= 1.0:
+                break
+            if should_stop is not None and should_stop():
+                stop_reason = "stopped"
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(progress, config)
+            before = time.perf_counter()
+            image, target, weights = prefetch.get()
+            waited += time.perf_counter() - before
+            try:
+                loss = _step(model, optimizer, image, target, weights, device, amp)
+            except torch.cuda.OutOfMemoryError:
+                smaller = _smaller_tile(model.config, tile)
+                if smaller is None:
+                    raise
+                prefetch.close()
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                yield TrainingMessage(
+                    step,
+                    f"The GPU ran out of memory with {tile}x{tile} tiles; continuing with "
+                    f"{smaller}x{smaller}.",
+                )
+                tile = smaller
+                prefetch = _Prefetcher(
+                    _make_sampler(data, model.config, tile, config, sampler_seed + step)
+                )
+                continue
+            if not math.isfinite(loss):
+                model.load_state_dict(good_state)
+                stop_reason = "non-finite loss"
+                yield TrainingMessage(
+                    step,
+                    f"The loss became {loss} at step {step + 1}; training stopped and the "
+                    f"weights of step {step} were kept. Try a lower learning rate.",
+                )
+                break
+            step += 1
+            losses.append(loss)
+            _store_state(model, good_state)
+            elapsed = time.perf_counter() - start
+            yield TrainingProgress(
+                step=step,
+                total_steps=config.steps,
+                loss=loss,
+                elapsed=elapsed,
+                images_per_second=step / max(elapsed, 1e-9),
+                learning_rate=optimizer.param_groups[0]["lr"],
+                data_wait_fraction=waited / max(elapsed, 1e-9),
+            )
+            if validation_data is not None and step % config.validation_every == 0:
+                result = _validate(
+                    model, step, validation_data, validation_plane, normalization, config, device
+                )
+                validations.append(result)
+                yield result
+                model.train()
+    finally:
+        prefetch.close()
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # give the GPU memory back when training ends
+    return TrainingResult(model, None, step, stop_reason, losses, validations)  # type: ignore[arg-type]
+
+
+def _make_sampler(
+    data: TrainingData, model_config: UNetConfig, tile: int, config: TrainConfig, seed: int
+) -> _TileSampler:
+    output = model_config.output_shape((tile, tile))[0]
+    return _TileSampler(data, tile, output, config, np.random.default_rng(seed))
+
+
+def _smaller_tile(model_config: UNetConfig, tile: int) -> int | None:
+    """Return the largest valid input size at most 3/4 of ``tile``, or None."""
+    wanted = int(tile * 0.75)
+    size = model_config.input_shape_for((max(wanted - 2 * model_config.border, 1), 1))[0]
+    while size > wanted and size - model_config.size_step >= model_config.min_input_size:
+        size -= model_config.size_step
+    return size if size < tile else None
+
+
+def _progress(step: int, elapsed: float, config: TrainConfig) -> float:
+    """Fraction of the budget used (steps or minutes, whichever is further)."""
+    fractions = []
+    if config.steps is not None:
+        fractions.append(step / config.steps)
+    if config.minutes is not None:
+        fractions.append(elapsed / (60.0 * config.minutes))
+    return max(fractions)
+
+
+def _learning_rate(progress: float, config: TrainConfig) -> float:
+    """Linear warm-up over the first 2% of the budget, then cosine decay to 1%."""
+    peak = config.peak_learning_rate
+    warmup = 0.02
+    if progress < warmup:
+        return peak * max(progress / warmup, 0.05)
+    cosine = 0.5 * (1 + math.cos(math.pi * min((progress - warmup) / (1 - warmup), 1.0)))
+    return peak * (0.01 + 0.99 * cosine)
+
+
+def _copy_state(model: UNet) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _store_state(model: UNet, buffers: dict[str, torch.Tensor]) -> None:
+    """Copy the weights into preallocated ``buffers`` (no allocation per step)."""
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            buffers[key].copy_(value)
+
+
+def _step(
+    model: UNet,
+    optimizer: torch.optim.Optimizer,
+    image: np.ndarray,
+    target: np.ndarray,
+    weights: np.ndarray,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> float:
+    inputs = torch.from_numpy(image)[None].to(device).contiguous(memory_format=torch.channels_last)
+    target_t = torch.from_numpy(target.astype(np.int64, copy=False))[None].to(device)
+    weights_t = torch.from_numpy(weights)[None].to(device)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        logits = model(inputs)
+    loss = weighted_cross_entropy(logits, target_t, weights_t)
+    value = float(loss.detach())
+    if math.isfinite(value):
+        loss.backward()
+        optimizer.step()
+    return value
+
+
+def _validate(
+    model: UNet,
+    step: int,
+    data: TrainingData,
+    plane: tuple[np.ndarray, np.ndarray],
+    normalization: Normalization,
+    config: TrainConfig,
+    device: torch.device,
+) -> ValidationResult:
+    """Loss and score of the current model on the validation plane (whole image).
+
+    The plane goes through the same overlap-tile inference as a user's image.
+    """
+    from napari_unet.inference import InferenceConfig, predict
+
+    image, truth = plane
+    sample = data.samples[0]
+    prediction = predict(
+        model,
+        image,
+        channel_axis=0,
+        mode=config.mode,
+        normalization=normalization,
+        config=InferenceConfig(device=str(device), precision="fp32"),
+        return_probabilities=True,
+    )
+    probabilities = torch.from_numpy(np.asarray(prediction.probabilities))[None]
+    loss = float(
+        weighted_cross_entropy(
+            torch.log(probabilities.clamp_min(1e-12)),
+            torch.from_numpy(sample.target)[None],
+            torch.from_numpy(sample.weights)[None],
+        )
+    )
+    labels = np.asarray(prediction.labels)
+    if config.mode == "instances":
+        return ValidationResult(step, loss, average_precision(truth, labels, 0.5), "AP@0.5")
+    annotated = sample.weights > 0
+    ious = []
+    for k in range(data.n_classes):
+        truth_k = (sample.target == k) & annotated
+        pred_k = (labels == k + 1) & annotated
+        union = (truth_k | pred_k).sum()
+        if union:
+            ious.append((truth_k & pred_k).sum() / union)
+    return ValidationResult(step, loss, float(np.mean(ious)) if ious else 0.0, "mean IoU")
+
+
+def train(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], config: TrainConfig | None = None, **kwargs: Any
+) -> TrainingResult:
+    """Run :func:`train_generator` to the end and return its :class:`TrainingResult`."""
+    generator = train_generator(pairs, config, **kwargs)
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value

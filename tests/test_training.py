@@ -1,0 +1,293 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import training
+from napari_unet.checkpoint import Checkpoint
+from napari_unet.inference import InferenceConfig, predict
+from napari_unet.metrics import average_precision
+from napari_unet.synthetic import make_touching_nuclei
+from napari_unet.training import (
+    TrainConfig,
+    TrainingMessage,
+    TrainingProgress,
+    ValidationResult,
+    prepare_training_data,
+    train,
+    train_generator,
+    weighted_cross_entropy,
+)
+
+# A tiny network and tile so that most tests take a fraction of a second.
+TINY = {"base_channels": 4, "depth": 2, "tile_size": 92, "device": "cpu", "dropout": 0.0}
+
+
+def run(generator):
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+@pytest.fixture(scope="module")
+def nuclei():
+    return make_touching_nuclei((96, 96), n_nuclei=8, seed=3)
+
+
+def test_weighted_cross_entropy_equals_hand_computation():
+    logits = np.array(
+        [[[1.0, 0.0], [2.0, -1.0]], [[0.0, 0.5], [0.0, 0.0]], [[-1.0, 0.0], [1.0, 3.0]]]
+    )
+    target = np.array([[0, 1], [2, 2]])
+    weights = np.array([[1.0, 2.0], [0.5, 0.0]])
+    expected = 0.0
+    for i in range(2):
+        for j in range(2):
+            z = logits[:, i, j]
+            log_p = z[target[i, j]] - np.log(np.exp(z).sum())
+            expected -= weights[i, j] * log_p
+    expected /= 4
+    loss = weighted_cross_entropy(
+        torch.tensor(logits)[None].float(), torch.tensor(target)[None], torch.tensor(weights)[None]
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_zero_weight_pixels_do_not_count_whatever_their_target():
+    logits = torch.randn(1, 2, 3, 3)
+    weights = torch.ones(1, 3, 3)
+    weights[0, 1, 1] = 0
+    target = torch.zeros(1, 3, 3, dtype=torch.int64)
+    other = target.clone()
+    other[0, 1, 1] = 1
+    assert weighted_cross_entropy(logits, target, weights) == weighted_cross_entropy(
+        logits, other, weights
+    )
+
+
+def test_instances_data_uses_separated_target_and_boundary_weights(nuclei):
+    image, labels = nuclei
+    data = prepare_training_data([(image, labels)], mode="instances")
+    (sample,) = data.samples
+    assert data.n_classes == 2 and data.in_channels == 1
+    assert sample.image.shape == (1, 96, 96) and sample.image.dtype == np.float32
+    # Pixels where objects touch are background in the target and weigh most.
+    touching = (labels > 0) & (sample.target == 0)
+    assert touching.any()
+    assert sample.weights[touching].mean() > 3 * sample.weights[labels == 0].mean()
+    assert (sample.weights > 0).all()
+
+
+def test_partial_annotation_mask_zeroes_the_weight_outside(nuclei):
+    image, labels = nuclei
+    mask = np.zeros(labels.shape, bool)
+    mask[:48] = True
+    (sample,) = prepare_training_data([(image, labels)], masks=[mask]).samples
+    assert (sample.weights[~mask] == 0).all()
+    assert (sample.weights[mask] > 0).all()
+    # Annotated tiles are centred on annotated pixels only.
+    rows = np.unravel_index(sample.annotated, labels.shape)[0]
+    assert rows.max() < 48
+
+
+def test_semantic_mode_ignores_unlabelled_pixels():
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    labels = np.zeros((64, 64), np.int32)
+    labels[:10] = 1
+    labels[-10:] = 2
+    labels[30:34, 30:34] = 3
+    data = prepare_training_data([(image, labels)], mode="semantic")
+    (sample,) = data.samples
+    assert data.n_classes == 3
+    assert (sample.weights[labels == 0] == 0).all()
+    assert set(np.unique(sample.target[labels > 0])) == {0, 1, 2}
+    # Class balancing: the rare class 3 weighs more than the common ones.
+    assert sample.weights[labels == 3].mean() > sample.weights[labels == 1].mean()
+
+
+def test_stacks_train_on_annotated_planes_only_and_rgb_is_recognised(nuclei):
+    image, labels = nuclei
+    stack = np.stack([image, image, image])
+    label_stack = np.stack([labels, np.zeros_like(labels), labels])
+    data = prepare_training_data([(stack, label_stack)])
+    assert len(data.samples) == 2
+    rgb = np.stack([image] * 3, axis=-1)
+    data = prepare_training_data([(rgb, labels)])
+    assert data.in_channels == 3 and data.samples[0].image.shape == (3, 96, 96)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "match"),
+    [
+        ([(np.ones((32, 32)), np.zeros((32, 32), np.int32))], "No annotation found"),
+        ([(np.ones((32, 32)), np.ones((30, 32), np.int32))], "height and width"),
+        ([(np.ones((32, 32)), np.ones((32, 32)))], "integer dtype"),
+        ([(np.full((32, 32), np.nan), np.ones((32, 32), np.int32))], "NaN"),
+        ([], "at least one"),
+    ],
+)
+def test_bad_training_data_raises(pairs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        prepare_training_data(pairs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": None, "minutes": None}, "Give a budget"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"minutes": -1}, "minutes must be positive"),
+        ({"tile_size": 100}, "not valid for this U-Net"),
+        ({"optimizer": "rmsprop"}, "optimizer must be"),
+        ({"mode": "panoptic"}, "mode must be"),
+        ({"sigma": 0}, "sigma > 0"),
+    ],
+)
+def test_bad_train_config_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_training_yields_progress_and_validation_and_returns_a_checkpoint(nuclei):
+    image, labels = nuclei
+    config = TrainConfig(steps=6, validation_every=3, **TINY)
+    events, result = run(train_generator([(image, labels)], config, validation=(image, labels)))
+    progress = [e for e in events if isinstance(e, TrainingProgress)]
+    validation = [e for e in events if isinstance(e, ValidationResult)]
+    assert [p.step for p in progress] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(p.loss) and p.images_per_second > 0 for p in progress)
+    assert 0 <= progress[-1].data_wait_fraction <= 1
+    assert [v.step for v in validation] == [3, 6]
+    assert all(v.score_name == "AP@0.5" and 0 <= v.score <= 1 for v in validation)
+    assert result.steps == 6 and result.stop_reason == "budget"
+    checkpoint = result.checkpoint
+    assert isinstance(checkpoint, Checkpoint) and checkpoint.mode == "instances"
+    assert checkpoint.metadata["steps"] == 6
+    assert checkpoint.metadata["data_shapes"] == [[1, 96, 96]]
+    assert len(checkpoint.metadata["validation"]) == 2
+
+
+def test_fixed_seed_makes_a_cpu_run_reproducible(nuclei):
+    image, labels = nuclei
+    config = TrainConfig(steps=4, seed=7, **TINY)
+    first = train([(image, labels)], config)
+    second = train([(image, labels)], config)
+    assert first.losses == second.losses
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key])
+    other = train([(image, labels)], TrainConfig(steps=4, seed=8, **TINY))
+    assert other.losses != first.losses
+
+
+def test_training_does_not_touch_the_global_torch_rng(nuclei):
+    image, labels = nuclei
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train([(image, labels)], TrainConfig(steps=2, **TINY))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_should_stop_ends_training_cleanly(nuclei):
+    image, labels = nuclei
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 3
+
+    result = train([(image, labels)], TrainConfig(steps=100, **TINY), should_stop=should_stop)
+    assert result.steps == 3 and result.stop_reason == "stopped"
+    assert result.checkpoint.metadata["stop_reason"] == "stopped"
+
+
+def test_minutes_budget_stops_on_time(nuclei):
+    image, labels = nuclei
+    result = train([(image, labels)], TrainConfig(steps=None, minutes=0.01, **TINY))
+    assert result.stop_reason == "budget" and result.steps >= 1
+
+
+def test_non_finite_loss_restores_the_last_good_weights(nuclei, monkeypatch):
+    image, labels = nuclei
+    real_step = training._step
+    snapshots = []
+
+    def step(model, *args):
+        if len(snapshots) == 3:
+            return float("nan")
+        loss = real_step(model, *args)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(training, "_step", step)
+    events, result = run(train_generator([(image, labels)], TrainConfig(steps=20, **TINY)))
+    assert result.stop_reason == "non-finite loss" and result.steps == 3
+    messages = [e.text for e in events if isinstance(e, TrainingMessage)]
+    assert len(messages) == 1 and "nan" in messages[0] and "step 3" in messages[0]
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, snapshots[-1][key])
+
+
+def test_out_of_memory_retries_with_a_smaller_tile(nuclei, monkeypatch):
+    image, labels = nuclei
+    real_step = training._step
+    failed = []
+
+    def step(model, optimizer, image_tile, *args):
+        if not failed:
+            failed.append(image_tile.shape)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        step.tiles.append(image_tile.shape)
+        return real_step(model, optimizer, image_tile, *args)
+
+    step.tiles = []
+    monkeypatch.setattr(training, "_step", step)
+    config = TrainConfig(steps=2, **{**TINY, "tile_size": 124})
+    events, result = run(train_generator([(image, labels)], config))
+    messages = [e.text for e in events if isinstance(e, TrainingMessage)]
+    assert len(messages) == 1 and "124x124" in messages[0] and "out of memory" in messages[0]
+    assert failed[0][-1] == 124 and all(shape[-1] < 124 for shape in step.tiles)
+    assert result.steps == 2
+
+
+def test_fine_tuning_starts_from_the_checkpoint(nuclei):
+    image, labels = nuclei
+    first = train([(image, labels)], TrainConfig(steps=2, **TINY))
+    tuned = train([(image, labels)], TrainConfig(steps=1, **TINY), initial=first.checkpoint)
+    assert tuned.model.config == first.model.config
+    assert tuned.checkpoint.normalization == first.checkpoint.normalization
+    assert tuned.checkpoint.metadata["fine_tuned_from"] is not None
+    # Zero steps of change would equal the start: one step changes the weights a little.
+    start = first.checkpoint.state_dict
+    moved = [not torch.equal(start[k], v) for k, v in tuned.model.state_dict().items()]
+    assert any(moved)
+    with pytest.raises(ValueError, match="trained in 'instances' mode"):
+        train(
+            [(image, labels)],
+            TrainConfig(steps=1, mode="semantic", **TINY),
+            initial=first.checkpoint,
+        )
+
+
+def test_semantic_training_runs_and_predicts_classes():
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64)).astype(np.float32)
+    image[:, 32:] += 2.0
+    labels = np.zeros((64, 64), np.int32)
+    labels[:, :20] = 1
+    labels[:, 44:] = 2
+    result = train([(image, labels)], TrainConfig(mode="semantic", steps=30, **TINY))
+    prediction = predict(result.model, image, mode="semantic", config=InferenceConfig(device="cpu"))
+    assert set(np.unique(prediction.labels)) <= {1, 2}
+    assert prediction.labels.shape == image.shape
+
+
+@pytest.mark.slow
+def test_training_on_synthetic_nuclei_reaches_ap_0_8_on_a_held_out_image():
+    image, labels = make_touching_nuclei((256, 256), seed=0)
+    held_out, truth = make_touching_nuclei((256, 256), seed=2)
+    result = train([(image, labels)], TrainConfig(steps=500, seed=0, device="cpu"))
+    prediction = predict(result.model, held_out, config=InferenceConfig(device="cpu"))
+    assert average_precision(truth, prediction.labels, 0.5) >= 0.8
