@@ -98,7 +98,7 @@ class Checkpoint:
         model = UNet(self.model_config)
         try:
             model.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as error:
+        except (RuntimeError, TypeError) as error:  # wrong keys or shapes; not a dict
             raise CheckpointError(
                 f"The checkpoint's weights do not match its own network description: {error}"
             ) from error
