@@ -1,33 +1,864 @@
-"""The ``napari-unet`` command line."""
+"""The ``napari-unet`` command line: train, segment and compute weight maps.
+
+Three subcommands drive the same engines as the napari plugin::
+
+    napari-unet train IMAGE LABELS [IMAGE LABELS ...] -o MODEL.pt [--mode instances|semantic]
+            [--minutes M | --steps N] [--from MODEL.pt] [--device auto|cpu|cuda] [--seed S]
+            [--validation IMAGE LABELS]
+    napari-unet segment MODEL.pt IMAGE [IMAGE ...] -o OUTDIR [--probabilities] [--device ...]
+    napari-unet weightmap LABELS -o WEIGHTS.tif [--w0 10] [--sigma 5]
+
+Images and labels are TIFF or PNG files: 2D, stacks of 2D planes, or RGB
+``(H, W, 3)``. Bad arguments and unreadable files end with a one-line
+``napari-unet: error: ...`` on stderr and exit status 2 (usage) or 1 (data,
+files, devices); Ctrl-C during training stops after the current step, saves
+the model trained so far and exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import math
+import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
 
 from napari_unet import __version__
 
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+PROG = "napari-unet"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_STEPS = 500
+DEFAULT_BASE_CHANNELS = 16
+DEFAULT_VALIDATION_EVERY = 50
+#: Output side of the default training tile (380 x 380 input at depth 4, valid padding).
+DEFAULT_TILE_OUTPUT = 196
+
+
+class UsageError(Exception):
+    """A bad combination of arguments found after parsing (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``napari-unet: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print a one-line error naming the help command and exit with status 2."""
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- argument types ---------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _number(text: str, *, allow_zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or positive" if allow_zero else "positive"
+        raise argparse.ArgumentTypeError(f"expected a {bound} number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, allow_zero=False)
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, allow_zero=True)
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+
+
+# -- parser -----------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``napari-unet`` command."""
-    parser = argparse.ArgumentParser(
-        prog="napari-unet",
+    """Return the argument parser of the ``napari-unet`` command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser with the ``train``, ``segment`` and ``weightmap``
+        subcommands; ``args.run`` is the function that runs the chosen one.
+    """
+    parser = _Parser(
+        prog=PROG,
         description=(
             "Train and apply a U-Net (Ronneberger et al. 2015) to microscopy images. "
             "The same engines drive the napari plugin 'U-Net Segmentation'."
         ),
+        epilog=(
+            "Images and labels are TIFF or PNG files (2D, stacks of 2D planes, or RGB). "
+            f"Run '{PROG} COMMAND --help' for the options of a command."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log what is read, written and computed"
+    )
+    device = _Parser(add_help=False)
+    device.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        metavar="{auto,cpu,cuda}",
+        help="where the network runs: auto (CUDA, then Apple MPS, then CPU; default), cpu, "
+        "cuda or cuda:N",
+    )
+
+    train = commands.add_parser(
+        "train",
+        parents=[common, device],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train a model on image/labels pairs",
+        description=(
+            "Train a U-Net on pairs of IMAGE and LABELS files and save it to MODEL.pt.\n\n"
+            "LABELS are integer images of the image's height and width (one plane per\n"
+            "image plane): in 'instances' mode 0 is background and every other id one\n"
+            "object; in 'semantic' mode 1..K are classes and 0 is unlabelled.\n"
+            "RGB images (H, W, 3) and channel-first images (C, H, W) are recognised\n"
+            "from the shape of their labels. Ctrl-C stops after the current step and\n"
+            "saves the model trained so far (exit status 130)."
+        ),
+        epilog=(
+            "example:\n"
+            f"  {PROG} train a.tif a_labels.tif b.tif b_labels.tif -o nuclei.pt --minutes 10\n"
+            f"  {PROG} train c.tif c_labels.tif -o nuclei2.pt --from nuclei.pt --steps 200"
+        ),
+    )
+    train.add_argument(
+        "files",
+        nargs="+",
+        metavar="IMAGE LABELS",
+        help="training images, each followed by its labels",
+    )
+    train.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="MODEL.pt",
+        help="where to save the trained model (replaced if it exists)",
+    )
+    train.add_argument(
+        "--mode",
+        choices=("instances", "semantic"),
+        default=None,
+        help="'instances' (default; objects on background, touching objects kept apart) or "
+        "'semantic' (label values are classes); with --from, the model's mode",
+    )
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"number of training steps, one tile each (default {DEFAULT_STEPS})",
+    )
+    budget.add_argument(
+        "--minutes",
+        type=_positive_float,
+        default=None,
+        metavar="M",
+        help="train for this many minutes instead of a number of steps",
+    )
+    train.add_argument(
+        "--from",
+        dest="initial",
+        default=None,
+        metavar="MODEL.pt",
+        help="fine-tune this model instead of starting from scratch",
+    )
+    train.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        metavar="S",
+        help="random seed; the same seed and data give the same model on a CPU (default 0)",
+    )
+    train.add_argument(
+        "--validation",
+        nargs=2,
+        default=None,
+        metavar=("IMAGE", "LABELS"),
+        help="a held-out pair scored during training (AP@0.5 for instances, mean IoU for "
+        "semantic; the first labelled plane of a stack)",
+    )
+    advanced = train.add_argument_group("advanced options")
+    advanced.add_argument(
+        "--base-channels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"width of a new network (default {DEFAULT_BASE_CHANNELS}; the paper uses 64); "
+        "ignored with --from",
+    )
+    advanced.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        default=None,
+        metavar="PX",
+        help="side of the training tiles in pixels; must be a valid U-Net input size "
+        "(default 380 for a new network)",
+    )
+    advanced.add_argument(
+        "--validation-every",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"steps between validation passes (default {DEFAULT_VALIDATION_EVERY}, or the "
+        "number of steps when fewer)",
+    )
+    train.set_defaults(run=_run_train)
+
+    segment = commands.add_parser(
+        "segment",
+        parents=[common, device],
+        help="segment images with a trained model",
+        description=(
+            "Segment each IMAGE with MODEL.pt and write OUTDIR/<image name>.tif: instance "
+            "labels (uint16, or uint32 when there are more than 65535 objects) or, for a "
+            "semantic model, class ids, with the image's planes, height and width."
+        ),
+    )
+    segment.add_argument("model", metavar="MODEL.pt", help="a model saved by 'train'")
+    segment.add_argument("images", nargs="+", metavar="IMAGE", help="images to segment")
+    segment.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTDIR",
+        help="folder for the results (created if missing; files in it are replaced)",
+    )
+    segment.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <image name>_prob.tif: float32 class probabilities, the class axis "
+        "after the plane axes",
+    )
+    segment.set_defaults(run=_run_segment)
+
+    weightmap = commands.add_parser(
+        "weightmap",
+        parents=[common],
+        help="compute the U-Net loss weight map of a label image",
+        description=(
+            "Write the float32 boundary weight map (eq. 2 of Ronneberger et al. 2015) of "
+            "an instance label image: class-balancing weights plus w0 * exp(-(d1 + d2)^2 / "
+            "(2 sigma^2)) in the gaps between objects. A stack is done plane by plane."
+        ),
+    )
+    weightmap.add_argument("labels", metavar="LABELS", help="an integer instance label image")
+    weightmap.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="WEIGHTS.tif",
+        help="where to write the weight map (a .tif file; replaced if it exists)",
+    )
+    weightmap.add_argument(
+        "--w0",
+        type=_non_negative_float,
+        default=10.0,
+        help="weight of the border term (default 10, as in the paper)",
+    )
+    weightmap.add_argument(
+        "--sigma",
+        type=_positive_float,
+        default=5.0,
+        help="width of the border term in pixels (default 5, as in the paper)",
+    )
+    weightmap.set_defaults(run=_run_weightmap)
     return parser
 
 
+# -- entry point ------------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line and return its exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 when a file, the data or the device is not usable, 2
+        for bad arguments, 130 when interrupted with Ctrl-C.
+    """
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and argparse's errors
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    _configure_logging(args.verbose)
+    try:
+        return args.run(args)
+    except UsageError as error:
+        _print_error(error)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError, OSError) as error:  # CheckpointError is a ValueError
+        _print_error(error)
+        return EXIT_FAILURE
+    except RuntimeError as error:
+        if _is_out_of_memory(error):
+            _print_error(
+                "the GPU ran out of memory; try --device cpu, or close other programs using the GPU"
+            )
+            return EXIT_FAILURE
+        raise
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def _configure_logging(verbose: bool) -> None:
+    package = logging.getLogger("napari_unet")
+    package.setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose and not logging.getLogger().handlers:
+        logging.basicConfig(format=f"{PROG}: %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def _print_error(message: object) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+
+
+def _note(text: str, *, error: bool = True) -> None:
+    """Print a line without breaking a progress bar (stderr by default)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr if error else sys.stdout)
+
+
+# -- shared checks ----------------------------------------------------------------------
+
+
+def _check_output_file(
+    path: Path, inputs: Sequence[str | os.PathLike[str]] = (), *, example: str = "model.pt"
+) -> Path:
+    """Refuse an output that is a folder, lies in a missing folder, or is an input."""
+    if path.is_dir():
+        raise UsageError(f"-o {path} is a folder; give a file name such as {path / example}")
+    if not path.parent.is_dir():
+        raise UsageError(f"-o {path}: the folder {path.parent} does not exist; create it first")
+    for source in inputs:
+        if Path(source).exists() and _same_file(path, Path(source)):
+            raise UsageError(f"-o {path} is one of the input files; choose another name")
+    return path
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return first.exists() and os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+@contextmanager
+def _stop_on_sigint(stop: threading.Event) -> Iterator[None]:
+    """Make the first Ctrl-C set ``stop``; a second one raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        _note(
+            f"{PROG}: stopping after this step and saving the model "
+            "(press Ctrl-C again to quit without saving)"
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _make_default_permissions(path: Path) -> None:
+    """Give ``path`` the permissions of a newly created file (0666 less the umask).
+
+    :func:`~napari_unet.checkpoint.save_checkpoint` writes through
+    :func:`tempfile.mkstemp`, whose files are readable by their owner only.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError as error:  # e.g. a file system without Unix permissions
+        logger.info("Could not set the permissions of %s: %s", path, error)
+
+
+# -- train ------------------------------------------------------------------------------
+
+
+def _pair_channel_axis(
+    image_shape: tuple[int, ...], labels_shape: tuple[int, ...]
+) -> int | str | None:
+    """Where the channels of an image are, judged from its labels' shape.
+
+    Returns None (one channel), -1 (``(..., H, W, C)``, e.g. RGB), -3
+    (``(..., C, H, W)``) or ``"mismatch"``.
+    """
+    if image_shape == labels_shape:
+        return None
+    if len(image_shape) == len(labels_shape) + 1:
+        if image_shape[:-1] == labels_shape:
+            return -1
+        if image_shape[:-3] + image_shape[-2:] == labels_shape:
+            return -3
+    return "mismatch"
+
+
+def _read_pair(image_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read one image/labels pair; return the image channels-last when it has channels."""
+    from napari_unet.io import read_image
+
+    image = read_image(image_path)
+    labels = read_image(labels_path, labels=True)
+    if labels.ndim not in (2, 3):
+        raise ValueError(
+            f"{labels_path}: labels must be 2D or a stack of 2D planes, got shape {labels.shape}"
+        )
+    axis = _pair_channel_axis(image.shape, labels.shape)
+    if axis == "mismatch":
+        raise ValueError(
+            f"{image_path} has shape {image.shape} but {labels_path} has shape {labels.shape}; "
+            "the labels need the image's height and width and one plane per image plane"
+        )
+    if axis is None:
+        return image, labels, 1
+    image = np.moveaxis(image, int(axis), -1)
+    return image, labels, int(image.shape[-1])
+
+
+def _validation_plane(
+    image: np.ndarray, labels: np.ndarray, labels_path: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the first labelled plane of a validation pair (the engine scores one plane)."""
+    if labels.ndim == 2:
+        return image, labels
+    labelled = [index for index, plane in enumerate(labels) if plane.any()]
+    if not labelled:
+        raise ValueError(f"{labels_path}: the validation labels are empty (all pixels 0)")
+    index = labelled[0]
+    if len(labels) > 1:
+        _note(f"{PROG}: validating on plane {index} of {labels_path}")
+    return image[index], labels[index]
+
+
+def _warn_if_binary(labels: np.ndarray, labels_path: str) -> None:
+    """Warn when instance labels are a mask: one id shared by separate objects."""
+    from scipy import ndimage as ndi
+
+    foreground = labels[labels > 0]
+    if foreground.min() != foreground.max():
+        return
+    planes = labels if labels.ndim == 3 else labels[np.newaxis]
+    regions = max(ndi.label(plane > 0)[1] for plane in planes)
+    if regions > 1:
+        _note(
+            f"{PROG}: warning: {labels_path} gives the same id ({foreground.min()}) to "
+            f"{regions} separate regions; in 'instances' mode give each object its own id "
+            "(e.g. skimage.measure.label) so that touching objects are kept apart"
+        )
+
+
+def _budget_text(config: Any) -> str:
+    if config.minutes is not None and config.steps is not None:
+        return f"{config.steps} steps or {config.minutes:g} minutes"
+    if config.minutes is not None:
+        return f"{config.minutes:g} minutes"
+    return f"{config.steps} steps"
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from napari_unet.checkpoint import load_checkpoint, save_checkpoint
+    from napari_unet.device import resolve_device
+
+    files: list[str] = list(args.files)
+    if len(files) % 2:
+        raise UsageError(
+            f"train takes IMAGE LABELS pairs, got {len(files)} files (an odd number); "
+            "give each image followed by its labels"
+        )
+    inputs = [*files, *(args.validation or ()), *([args.initial] if args.initial else [])]
+    output = _check_output_file(Path(args.output), [f for f in inputs if f != args.initial])
+    if args.base_channels is not None and args.initial is not None:
+        _note(f"{PROG}: warning: --base-channels is ignored with --from (the model is kept)")
+    resolve_device(args.device)  # an unavailable device fails before the data is read
+
+    initial = load_checkpoint(args.initial) if args.initial is not None else None
+    mode = args.mode or (initial.mode if initial is not None else "instances")
+    if initial is not None and initial.mode != mode:
+        raise ValueError(
+            f"{args.initial} was trained in {initial.mode!r} mode but --mode is {mode!r}; "
+            "leave out --mode to fine-tune it, or leave out --from to start a new model"
+        )
+    pair_paths = list(zip(files[::2], files[1::2], strict=True))
+    pairs, channels = [], set()
+    for image_path, labels_path in pair_paths:
+        image, labels, n_channels = _read_pair(image_path, labels_path)
+        if not labels.any():
+            _note(f"{PROG}: warning: {labels_path} holds no labels; that pair is not used")
+        elif mode == "instances":
+            _warn_if_binary(labels, labels_path)
+        pairs.append((image, labels))
+        channels.add(n_channels)
+    validation = None
+    if args.validation is not None:
+        image, labels, n_channels = _read_pair(*args.validation)
+        validation = _validation_plane(image, labels, args.validation[1])
+        channels.add(n_channels)
+    if len(channels) > 1:
+        raise ValueError(
+            f"the images have different numbers of channels ({sorted(channels)}); train on "
+            "images of one kind (all grey, or all RGB)"
+        )
+    n_channels = channels.pop()
+    if initial is not None and initial.model_config.in_channels != n_channels:
+        raise ValueError(
+            f"{args.initial} expects images with {initial.model_config.in_channels} "
+            f"channel(s) but the training images have {n_channels}; start a new model "
+            "(leave out --from)"
+        )
+    if not any(labels.any() for _, labels in pairs):
+        raise ValueError("every labels file is empty (all pixels 0); nothing to learn from")
+
+    config = _train_config(args, mode, initial)
+    channel_axis = -1 if n_channels > 1 else None
+    metadata = {
+        "command": "napari-unet train",
+        "training_files": [[image, labels] for image, labels in pair_paths],
+        "validation_files": list(args.validation) if args.validation else None,
+        "initial_model_file": args.initial,
+    }
+    stop = threading.Event()
+    from napari_unet.training import train_generator
+
+    events = train_generator(
+        pairs,
+        config,
+        channel_axis=channel_axis,
+        validation=validation,
+        initial=initial,
+        should_stop=stop.is_set,
+        metadata=metadata,
+    )
+    with _stop_on_sigint(stop):
+        result = _drive_training(events, config, f"train ({config.mode})")
+
+    if result.steps == 0:
+        _note(f"{PROG}: stopped before the first step; no model saved")
+        return EXIT_INTERRUPTED if result.stop_reason == "stopped" else EXIT_FAILURE
+    save_checkpoint(output, result.checkpoint)
+    _make_default_permissions(output)
+    final_loss = result.losses[-1] if result.losses else float("nan")
+    reasons = {
+        "budget": f"the budget ({_budget_text(config)}) is used",
+        "stopped": "stopped with Ctrl-C",
+        "non-finite loss": "the loss became non-finite (weights of the last good step kept)",
+    }
+    reason = reasons.get(result.stop_reason, result.stop_reason)
+    print(f"Training ended after {result.steps} steps: {reason}. Last loss {final_loss:.4f}.")
+    print(f"Saved the model to {output}")
+    if result.stop_reason == "stopped":
+        return EXIT_INTERRUPTED
+    if result.stop_reason == "non-finite loss":
+        _print_error(
+            f"training diverged; the saved model is that of step {result.steps}. Try again "
+            "with another --seed or more data"
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _train_config(args: argparse.Namespace, mode: str, initial: Any) -> Any:
+    """Build the :class:`TrainConfig`; invalid values are usage errors."""
+    from napari_unet.model import UNetConfig
+    from napari_unet.training import TrainConfig
+
+    steps = args.steps if args.minutes is None else None
+    if steps is None and args.minutes is None:
+        steps = DEFAULT_STEPS
+    architecture: dict[str, Any]
+    if initial is not None:
+        # Fine-tuning keeps the model; TrainConfig checks the tile against the same one.
+        model_config = initial.model_config
+        architecture = {
+            "base_channels": model_config.base_channels,
+            "depth": model_config.depth,
+            "padding": model_config.padding,
+            "batch_norm": model_config.batch_norm,
+            "dropout": model_config.dropout,
+        }
+    else:
+        architecture = {"base_channels": args.base_channels or DEFAULT_BASE_CHANNELS}
+        model_config = UNetConfig(**architecture)
+    tile = args.tile_size
+    if tile is None:
+        tile = model_config.input_shape_for((DEFAULT_TILE_OUTPUT, DEFAULT_TILE_OUTPUT))[0]
+    validation_every = args.validation_every
+    if validation_every is None:
+        validation_every = min(DEFAULT_VALIDATION_EVERY, steps or DEFAULT_VALIDATION_EVERY)
+    try:
+        return TrainConfig(
+            mode=mode,
+            steps=steps,
+            minutes=args.minutes,
+            tile_size=tile,
+            validation_every=validation_every,
+            seed=args.seed,
+            device=args.device,
+            **architecture,
+        )
+    except ValueError as error:
+        raise UsageError(_one_line(error).replace("Input height", "--tile-size")) from error
+
+
+def _drive_training(events: Any, config: Any, description: str) -> Any:
+    """Run the training generator with a progress bar on a terminal; return its result."""
+    from tqdm import tqdm
+
+    from napari_unet.training import TrainingMessage, TrainingProgress, ValidationResult
+
+    with tqdm(
+        total=config.steps if config.minutes is None else None,
+        unit="step",
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
+        desc=description,
+    ) as bar:
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as finished:
+                return finished.value
+            if isinstance(event, TrainingProgress):
+                bar.update(event.step - bar.n)
+                postfix = {"loss": f"{event.loss:.4f}"}
+                if config.minutes is not None:
+                    left = max(60.0 * config.minutes - event.elapsed, 0.0)
+                    postfix["left"] = time.strftime("%M:%S", time.gmtime(left))
+                bar.set_postfix(postfix, refresh=False)
+            elif isinstance(event, ValidationResult):
+                _note(
+                    f"step {event.step}: validation {event.score_name} {event.score:.3f}, "
+                    f"loss {event.loss:.4f}",
+                    error=False,
+                )
+            elif isinstance(event, TrainingMessage):
+                _note(f"{PROG}: {event.text}")
+
+
+# -- segment ----------------------------------------------------------------------------
+
+
+def _model_channel_axis(shape: tuple[int, ...], in_channels: int, path: str) -> int | None:
+    """Return the channel axis of an image for a model with ``in_channels`` inputs."""
+    if in_channels == 1:
+        if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4:
+            raise ValueError(
+                f"{path} is an RGB image (shape {shape}) but the model was trained on "
+                "single-channel images; convert it to grey or use a model trained on RGB"
+            )
+        if len(shape) < 2:
+            raise ValueError(f"{path}: expected a 2D image or a stack, got shape {shape}")
+        return None
+    if len(shape) >= 3 and shape[-1] == in_channels:
+        return -1
+    if len(shape) >= 3 and shape[-3] == in_channels:
+        return -3
+    raise ValueError(
+        f"{path} has shape {shape} but the model expects {in_channels} channels, as "
+        f"(H, W, {in_channels}) or ({in_channels}, H, W)"
+    )
+
+
+def _label_dtype(labels: np.ndarray) -> type[np.unsignedinteger[Any]]:
+    largest = int(labels.max()) if labels.size else 0
+    return np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_unet.checkpoint import load_checkpoint
+    from napari_unet.device import resolve_device
+    from napari_unet.inference import ImagePlanes, InferenceConfig, predict_generator
+    from napari_unet.io import read_image, write_tiff
+
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"-o {outdir} is a file; give a folder for the results")
+    targets: dict[Path, str] = {}
+    for image_path in args.images:
+        names = [f"{Path(image_path).stem}.tif"]
+        if args.probabilities:
+            names.append(f"{Path(image_path).stem}_prob.tif")
+        for name in names:
+            target = outdir / name
+            if target in targets:
+                raise UsageError(
+                    f"{image_path} and {targets[target]} would both be written to {target}; "
+                    "segment them into different folders"
+                )
+            targets[target] = image_path
+    for target in targets:
+        for image_path in [*args.images, args.model]:
+            if _same_file(target, Path(image_path)):
+                raise UsageError(
+                    f"writing {target} would replace the input {image_path}; choose another -o"
+                )
+    resolve_device(args.device)
+    checkpoint = load_checkpoint(args.model)
+    model = checkpoint.build_model()
+    in_channels = checkpoint.model_config.in_channels
+    config = InferenceConfig(device=args.device)
+    outdir.mkdir(parents=True, exist_ok=True)
+
+    for image_path in args.images:
+        image = read_image(image_path)
+        channel_axis = _model_channel_axis(image.shape, in_channels, image_path)
+        tiles = predict_generator(
+            model,
+            image,
+            channel_axis=channel_axis,
+            mode=checkpoint.mode,
+            normalization=checkpoint.normalization,
+            config=config,
+            return_probabilities=args.probabilities,
+        )
+        n_planes = ImagePlanes(image, channel_axis).n_planes
+        with tqdm(
+            total=None,
+            unit="tile",
+            file=sys.stderr,
+            disable=None,
+            dynamic_ncols=True,
+            desc=Path(image_path).name,
+            leave=False,
+        ) as bar:
+            while True:
+                try:
+                    tile = next(tiles)
+                except StopIteration as finished:
+                    prediction = finished.value
+                    break
+                if bar.total is None:
+                    bar.total = tile.count * n_planes
+                    bar.refresh()
+                bar.update()
+        labels = np.asarray(prediction.labels)
+        labels = labels.astype(_label_dtype(labels), copy=False)
+        stem = Path(image_path).stem
+        plane_axes = "Q" * (labels.ndim - 2)
+        target = outdir / f"{stem}.tif"
+        write_tiff(target, labels, axes=f"{plane_axes}YX")
+        if checkpoint.mode == "instances":
+            summary = f"{int(labels.max()) if labels.size else 0} objects"
+        else:
+            summary = f"classes {sorted(int(v) for v in np.unique(labels))}"
+        print(f"{image_path} -> {target} ({summary})")
+        if args.probabilities:
+            probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
+            prob_target = outdir / f"{stem}_prob.tif"
+            write_tiff(prob_target, probabilities, axes=f"{plane_axes}CYX")
+            print(f"{image_path} -> {prob_target} (probabilities)")
+    return EXIT_OK
+
+
+# -- weightmap --------------------------------------------------------------------------
+
+
+def _run_weightmap(args: argparse.Namespace) -> int:
+    from napari_unet.io import read_image, write_tiff
+    from napari_unet.weights import boundary_weight_map
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".tif", ".tiff"):
+        raise UsageError(f"-o {output}: the weight map is written as TIFF; name it *.tif")
+    _check_output_file(output, [args.labels], example="weights.tif")
+    labels = read_image(args.labels, labels=True)
+    if labels.ndim not in (2, 3):
+        raise ValueError(
+            f"{args.labels}: expected a 2D label image or a stack of them, got shape {labels.shape}"
+        )
+    planes = []
+    for index, plane in enumerate(labels if labels.ndim == 3 else [labels]):
+        where = f", plane {index}" if labels.ndim == 3 else ""
+        try:
+            planes.append(boundary_weight_map(plane, w0=args.w0, sigma=args.sigma))
+        except ValueError as error:
+            raise ValueError(f"{args.labels}{where}: {error}") from error
+    weights = np.stack(planes) if labels.ndim == 3 else planes[0]
+    weights = weights.astype(np.float32, copy=False)
+    write_tiff(output, weights, axes="Q" * (weights.ndim - 2) + "YX")
+    print(
+        f"{args.labels} -> {output} (weights {float(weights.min()):.3g} to "
+        f"{float(weights.max()):.3g})"
+    )
+    return EXIT_OK
 
 
 if __name__ == "__main__":
