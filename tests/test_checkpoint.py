@@ -196,8 +196,9 @@ def test_failed_save_keeps_the_previous_file(saved, monkeypatch, failure):
     path, model = saved
     previous = path.read_bytes()
 
-    def failing_save(obj, stream, *args, **kwargs):
-        stream.write(b"half a checkpoint" * 100)
+    def failing_save(obj, destination, *args, **kwargs):
+        with open(destination, "wb") as stream:
+            stream.write(b"half a checkpoint" * 100)
         raise failure
 
     monkeypatch.setattr(torch, "save", failing_save)
@@ -213,8 +214,9 @@ def test_failed_save_keeps_the_previous_file(saved, monkeypatch, failure):
 
 
 def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
-    def failing_save(obj, stream, *args, **kwargs):
-        stream.write(b"\x00" * 10)
+    def failing_save(obj, destination, *args, **kwargs):
+        with open(destination, "wb") as stream:
+            stream.write(b"\x00" * 10)
         raise OSError("no space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
@@ -379,3 +381,15 @@ def test_damaged_description(saved, change):
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
     assert checkpoint_module.CheckpointError is CheckpointError
+
+
+def test_saved_model_gets_ordinary_file_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "model.pt"
+        save_checkpoint(path, Checkpoint.from_model(tiny_unet()))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from typing import Any, Literal
 import torch
 
 from napari_unet import __version__
+from napari_unet._atomic import atomic_destination
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 
@@ -121,11 +121,6 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
 
     ``metadata`` gains ``saved_at`` and ``package_version``.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path}/model.pt.")
-    if not path.parent.exists():
-        raise FileNotFoundError(f"The folder {path.parent} does not exist; create it first.")
     metadata = {
         **checkpoint.metadata,
         "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -141,16 +136,8 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "metadata": metadata,
         "state_dict": checkpoint.state_dict,
     }
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_destination(path, "model.pt") as temporary:
+        torch.save(payload, temporary)
     checkpoint.metadata = metadata
 
 

@@ -434,20 +434,6 @@ def _stop_on_sigint(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _make_default_permissions(path: Path) -> None:
-    """Give ``path`` the permissions of a newly created file (0666 less the umask).
-
-    :func:`~napari_unet.checkpoint.save_checkpoint` writes through
-    :func:`tempfile.mkstemp`, whose files are readable by their owner only.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(path, 0o666 & ~umask)
-    except OSError as error:  # e.g. a file system without Unix permissions
-        logger.info("Could not set the permissions of %s: %s", path, error)
-
-
 # -- train ------------------------------------------------------------------------------
 
 
@@ -611,7 +597,6 @@ def _run_train(args: argparse.Namespace) -> int:
         _note(f"{PROG}: stopped before the first step; no model saved")
         return EXIT_INTERRUPTED if result.stop_reason == "stopped" else EXIT_FAILURE
     save_checkpoint(output, result.checkpoint)
-    _make_default_permissions(output)
     final_loss = result.losses[-1] if result.losses else float("nan")
     reasons = {
         "budget": f"the budget ({_budget_text(config)}) is used",

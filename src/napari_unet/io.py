@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
+
+from napari_unet._atomic import atomic_destination
 
 __all__ = ["IMAGE_SUFFIXES", "check_label_dtype", "read_image", "write_tiff"]
 
@@ -191,37 +192,8 @@ def write_tiff(path: str | os.PathLike[str], array: np.ndarray, *, axes: str | N
     """
     import tifffile
 
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path}/out.tif.")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"The folder {path.parent} does not exist; create it first.")
     metadata = {"axes": axes} if axes is not None else {}
-    handle, temporary = _create_temporary(path)
-    os.close(handle)
-    try:
+    with atomic_destination(path, "out.tif") as temporary:
         # photometric="minisblack": never let tifffile take a 3-plane array for RGB.
         tifffile.imwrite(temporary, array, photometric="minisblack", metadata=metadata)
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     logger.info("Wrote %s: shape %s, dtype %s", path, array.shape, array.dtype)
-
-
-def _create_temporary(path: Path) -> tuple[int, str]:
-    """Create a new hidden file beside ``path``; return its descriptor and name.
-
-    Unlike :func:`tempfile.mkstemp` (mode 0600), the file gets the permissions
-    of any new file (0666 less the umask), which it keeps once renamed.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        name = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(name, flags, 0o666), str(name)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"Could not create a temporary file beside {path}.")
