@@ -625,18 +625,23 @@ def train_generator(
         sigma=config.sigma,
     )
     if initial is not None:
+        # The starting model's architecture wins over the config's; its tile
+        # size must suit that architecture.
         model_config = initial.model_config
         if model_config.in_channels != data.in_channels:
             raise ValueError(
                 f"The starting model expects {model_config.in_channels} channel(s) but the "
                 f"images have {data.in_channels}; start a new model."
             )
+        model_config.output_shape((config.tile_size, config.tile_size))
     else:
         model_config = config.model_config(data.in_channels, data.n_classes)
     validation_data = validation_plane = None
     if validation is not None:
         images, label_planes = _split_planes(*validation, channel_axis, "validation")
-        validation_plane = (images[0], label_planes[0])
+        # Score the first annotated plane, the one prepare_training_data keeps first.
+        first = next((i for i, plane in enumerate(label_planes) if plane.any()), 0)
+        validation_plane = (images[first], label_planes[first])
         validation_data = prepare_training_data(
             [validation],
             mode=config.mode,
