@@ -100,6 +100,7 @@ def segment_new_image(viewer, model):
     layer.data = prediction.labels
     for name in ("nuclei", "nuclei labels"):
         viewer.layers[name].visible = False
+    viewer.reset_view()
     score = average_precision(truth, prediction.labels, 0.5)
     print(
         f"Segmented a new {image.shape[0]}x{image.shape[1]} image: "
