@@ -672,6 +672,19 @@ class AugmentConfig:
             and self.noise == 0.0
         )
 
+    def gray_values(
+        self, image: np.ndarray, rng: np.random.Generator | int | None = None
+    ) -> np.ndarray:
+        """Apply :func:`gray_value_jitter` with this configuration's ranges."""
+        return gray_value_jitter(
+            image,
+            gamma=self.gamma,
+            gain=self.gain,
+            offset=self.offset,
+            noise=self.noise,
+            rng=rng,
+        )
+
 
 def augment(
     image: np.ndarray,
@@ -746,12 +759,4 @@ def augment(
         image = image.astype(np.float32)
         labels = None if labels is None else labels.copy()
         weights = None if weights is None else weights.astype(np.float32)
-    image = gray_value_jitter(
-        image,
-        gamma=config.gamma,
-        gain=config.gain,
-        offset=config.offset,
-        noise=config.noise,
-        rng=rng,
-    )
-    return image, labels, weights
+    return config.gray_values(image, rng), labels, weights

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from napari_unet._validation import as_rng, check_image, check_labels, check_same_shape
-from napari_unet.augment import AugmentConfig, gray_value_jitter, random_displacement_field, warp
+from napari_unet.augment import AugmentConfig, random_displacement_field, warp
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.device import Precision, autocast_dtype, resolve_device
 from napari_unet.metrics import average_precision
@@ -504,14 +504,7 @@ class _TileSampler:
         target = _warp_window(sample.target, inner, 0)
         weights = _warp_window(sample.weights, inner, 1)
         if not augment.is_identity:
-            image = gray_value_jitter(
-                image,
-                gamma=augment.gamma,
-                gain=augment.gain,
-                offset=augment.offset,
-                noise=augment.noise,
-                rng=rng,
-            )
+            image = augment.gray_values(image, rng)
         return image, target, weights
 
 
