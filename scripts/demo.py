@@ -44,19 +44,15 @@ def train_on_sample(viewer, steps: int, output: Path):
     """Train on the sample layers, printing progress; return the training result."""
     from napari.qt import get_qapp
 
+    from napari_unet._generators import run_to_end
     from napari_unet.checkpoint import save_checkpoint
     from napari_unet.training import TrainConfig, TrainingProgress, train_generator
 
     image = viewer.layers["nuclei"].data
     labels = viewer.layers["nuclei labels"].data
     print(f"Training the default U-Net for {steps} steps on the sample data (CPU is fine)...")
-    events = train_generator([(image, labels)], TrainConfig(steps=steps, seed=0))
-    while True:
-        try:
-            event = next(events)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def show(event) -> None:
         if isinstance(event, TrainingProgress) and (
             event.step % 50 == 0 or event.step == event.total_steps
         ):
@@ -66,6 +62,9 @@ def train_on_sample(viewer, steps: int, output: Path):
             )
             viewer.status = f"training: step {event.step}, loss {event.loss:.3f}"
             get_qapp().processEvents()
+
+    events = train_generator([(image, labels)], TrainConfig(steps=steps, seed=0))
+    result = run_to_end(events, show)
     output.mkdir(parents=True, exist_ok=True)
     model_path = output / "model.pt"
     save_checkpoint(model_path, result.checkpoint)
@@ -78,6 +77,7 @@ def segment_new_image(viewer, model):
     import numpy as np
     from napari.qt import get_qapp
 
+    from napari_unet._generators import run_to_end
     from napari_unet.inference import InferenceConfig, predict_generator
     from napari_unet.metrics import average_precision
     from napari_unet.synthetic import make_touching_nuclei
@@ -85,18 +85,16 @@ def segment_new_image(viewer, model):
     image, truth = make_touching_nuclei((384, 512), seed=1)
     viewer.add_image(image, name="new nuclei")
     layer = viewer.add_labels(np.zeros(image.shape, np.uint32), name="new nuclei segmentation")
-    tiles = predict_generator(model, image, config=InferenceConfig(tile_shape=(196, 196)))
-    while True:
-        try:
-            tile = next(tiles)
-        except StopIteration as stop:
-            prediction = stop.value
-            break
-        rows, cols = tile.region
+
+    def show(tile) -> None:
         # Provisional view while tiles arrive: foreground of each finished tile.
+        rows, cols = tile.region
         layer.data[rows, cols] = (tile.probabilities[1] > 0.5).astype(np.uint32)
         layer.refresh()
         get_qapp().processEvents()
+
+    tiles = predict_generator(model, image, config=InferenceConfig(tile_shape=(196, 196)))
+    prediction = run_to_end(tiles, show)
     layer.data = prediction.labels
     for name in ("nuclei", "nuclei labels"):
         viewer.layers[name].visible = False

@@ -12,6 +12,7 @@ import zarr
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from napari_unet._generators import run_to_end
 from napari_unet.inference import (
     ImagePlanes,
     InferenceConfig,
@@ -104,11 +105,7 @@ def zarr_array(shape, dtype, chunks, data=None):
 def run_generator(generator):
     """Collect the yielded tiles and the returned value of a generator."""
     tiles = []
-    while True:
-        try:
-            tiles.append(next(generator))
-        except StopIteration as stop:
-            return tiles, stop.value
+    return tiles, run_to_end(generator, tiles.append)
 
 
 @pytest.fixture(scope="module")

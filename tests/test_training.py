@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from napari_unet import training
+from napari_unet._generators import run_to_end
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.inference import InferenceConfig, predict
 from napari_unet.metrics import average_precision
@@ -24,11 +25,7 @@ TINY = {"base_channels": 4, "depth": 2, "tile_size": 92, "device": "cpu", "dropo
 
 def run(generator):
     events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, run_to_end(generator, events.append)
 
 
 @pytest.fixture(scope="module")

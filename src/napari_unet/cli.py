@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from napari_unet import __version__
+from napari_unet._generators import run_to_end
 
 __all__ = ["build_parser", "main"]
 
@@ -674,11 +675,8 @@ def _drive_training(events: Any, config: Any, description: str) -> Any:
         dynamic_ncols=True,
         desc=description,
     ) as bar:
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as finished:
-                return finished.value
+
+        def show(event: object) -> None:
             if isinstance(event, TrainingProgress):
                 bar.update(event.step - bar.n)
                 postfix = {"loss": f"{event.loss:.4f}"}
@@ -694,6 +692,8 @@ def _drive_training(events: Any, config: Any, description: str) -> Any:
                 )
             elif isinstance(event, TrainingMessage):
                 _note(f"{PROG}: {event.text}")
+
+        return run_to_end(events, show)
 
 
 # -- segment ----------------------------------------------------------------------------
@@ -784,16 +784,14 @@ def _run_segment(args: argparse.Namespace) -> int:
             desc=Path(image_path).name,
             leave=False,
         ) as bar:
-            while True:
-                try:
-                    tile = next(tiles)
-                except StopIteration as finished:
-                    prediction = finished.value
-                    break
+
+            def show(tile: Any, bar: Any = bar, n_planes: int = n_planes) -> None:
                 if bar.total is None:
                     bar.total = tile.count * n_planes
                     bar.refresh()
                 bar.update()
+
+            prediction = run_to_end(tiles, show)
         labels = np.asarray(prediction.labels)
         labels = labels.astype(_label_dtype(labels), copy=False)
         stem = Path(image_path).stem

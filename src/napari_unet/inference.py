@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from napari_unet._generators import run_to_end
 from napari_unet.device import (
     DEVICE_CHOICES,
     PRECISION_CHOICES,
@@ -567,12 +568,7 @@ def predict_generator(
 
 def predict(model: UNet, image: Any, **kwargs: Any) -> Prediction:
     """Run :func:`predict_generator` to the end and return its :class:`Prediction`."""
-    generator = predict_generator(model, image, **kwargs)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(predict_generator(model, image, **kwargs))
 
 
 def _crop_predictor(predictor: Predictor, border: int) -> Predictor:

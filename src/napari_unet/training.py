@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from napari_unet._generators import run_to_end
 from napari_unet._validation import as_rng, check_image, check_labels, check_same_shape
 from napari_unet.augment import AugmentConfig, random_displacement_field, warp
 from napari_unet.checkpoint import Checkpoint
@@ -922,9 +923,4 @@ def train(
     pairs: Sequence[tuple[np.ndarray, np.ndarray]], config: TrainConfig | None = None, **kwargs: Any
 ) -> TrainingResult:
     """Run :func:`train_generator` to the end and return its :class:`TrainingResult`."""
-    generator = train_generator(pairs, config, **kwargs)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(train_generator(pairs, config, **kwargs))
