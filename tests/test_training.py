@@ -318,3 +318,18 @@ def test_validation_scores_the_first_annotated_plane(nuclei):
     alone = run(train_generator([(image, labels)], config, validation=(image, labels)))[0]
     (expected,) = [e for e in alone if isinstance(e, ValidationResult)]
     assert result.loss == pytest.approx(expected.loss) and result.score == expected.score
+
+
+def test_training_reads_channel_axes_like_inference(nuclei):
+    image, labels = nuclei
+    two_channels = np.stack([image, image[::-1]])  # (C, H, W)
+    data = prepare_training_data([(two_channels, labels)], channel_axis=0)
+    assert data.in_channels == 2
+    stack = np.stack([two_channels, two_channels])  # (Z, C, H, W)
+    data = prepare_training_data([(stack, np.stack([labels, labels]))], channel_axis=1)
+    assert len(data.samples) == 2 and data.samples[0].image.shape == (2, 96, 96)
+    np.testing.assert_array_equal(
+        data.samples[0].image[1], prepare_training_data([(image[::-1], labels)]).samples[0].image[0]
+    )
+    with pytest.raises(ValueError, match="one 2D plane of labels per image plane"):
+        prepare_training_data([(np.stack([image] * 3), np.stack([labels] * 2))])

@@ -45,6 +45,7 @@ from napari_unet._validation import as_rng, check_image, check_labels, check_sam
 from napari_unet.augment import AugmentConfig, random_displacement_field, warp
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.device import Precision, autocast_dtype, resolve_device
+from napari_unet.inference import ImagePlanes, InferenceConfig, predict
 from napari_unet.metrics import average_precision
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
@@ -287,25 +288,24 @@ class TrainingData:
 def _split_planes(
     image: np.ndarray, labels: np.ndarray, channel_axis: int | None, name: str
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Return lists of (C, H, W) image planes and (H, W) label planes."""
-    image = np.asarray(image)
+    """Return lists of (C, H, W) image planes and (H, W) label planes.
+
+    Axes are read as inference reads them (:class:`ImagePlanes`), so a model
+    sees the same channels in training and in use.
+    """
     labels = check_labels(labels, f"{name} labels", ndim=(2, 3), require_objects=False)
-    if channel_axis is not None:
-        image = np.moveaxis(image, channel_axis, -3)
-    elif image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4) and image.ndim >= 3:
-        # RGB(A) as napari shows it: (..., H, W, 3).
-        image = np.moveaxis(image, -1, -3)
-    else:
-        image = image[..., np.newaxis, :, :]
-    image = check_image(image, f"{name} image", ndim=(3, 4))
-    if image.ndim == 3 and labels.ndim == 2:
-        return [image], [labels]
-    if image.ndim == 4 and labels.ndim == 3 and image.shape[0] == labels.shape[0]:
-        return list(image), list(labels)
-    raise ValueError(
-        f"{name}: image of shape {image.shape} (channels first) does not match labels of "
-        f"shape {labels.shape}; give one 2D plane of labels per image plane."
-    )
+    image = check_image(image, f"{name} image", ndim=(2, 3, 4))
+    if channel_axis is None and image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4):
+        channel_axis = -1  # RGB(A) as napari shows it: (..., H, W, 3)
+    planes = ImagePlanes(image, channel_axis)
+    if planes.plane_shape != labels.shape[:-2]:
+        raise ValueError(
+            f"{name}: image of shape {image.shape} (channel axis {channel_axis}) does not "
+            f"match labels of shape {labels.shape}; give one 2D plane of labels per image plane."
+        )
+    everything = slice(None)
+    images = [planes.read(plane, everything, everything) for plane in range(planes.n_planes)]
+    return images, list(labels) if labels.ndim == 3 else [labels]
 
 
 def prepare_training_data(
@@ -884,8 +884,6 @@ def _validate(
 
     The plane goes through the same overlap-tile inference as a user's image.
     """
-    from napari_unet.inference import InferenceConfig, predict
-
     image, truth = plane
     sample = data.samples[0]
     prediction = predict(
