@@ -557,10 +557,18 @@ def predict_generator(
                 probabilities[(*index, slice(None), rows, cols)] = result.probabilities
             yield result
         if foreground is not None:
+            # Label straight into a numpy (or memory-mapped) output: one full-plane
+            # copy less, and label_instances checks that the dtype holds every id.
+            in_place = labels[index] if isinstance(labels, np.ndarray) else None
             plane_labels = label_instances(
-                foreground, threshold=config.threshold, seed_threshold=config.seed_threshold
+                foreground,
+                threshold=config.threshold,
+                seed_threshold=config.seed_threshold,
+                out=in_place,
             )
-            labels[index] = plane_labels
+            if in_place is None:
+                labels[index] = plane_labels
+            del foreground, plane_labels
         if not completed:
             break
     return Prediction(labels=labels, probabilities=probabilities, completed=completed)

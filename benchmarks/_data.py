@@ -1,0 +1,43 @@
+"""Locate and read the shared benchmark data (never copied into the repository)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("../shared/data"),
+        help="folder holding dsb2018-nuclei/ and isbi2012/; a relative path is taken "
+        "from the repository root (default: ../shared/data)",
+    )
+
+
+def data_directory(path: Path) -> Path:
+    """Resolve ``--data-dir``, or exit with a message that says what to do."""
+    directory = (path if path.is_absolute() else REPOSITORY / path).resolve()
+    if not directory.is_dir():
+        sys.exit(
+            f"benchmark data not found at {directory}: pass --data-dir DIR pointing at the "
+            f"shared data (the folder that holds dsb2018-nuclei/ and isbi2012/)."
+        )
+    return directory
+
+
+def read_nuclei(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read the DSB 2018 nuclei image and its instance labels."""
+    from napari_unet.io import read_image
+
+    folder = directory / "dsb2018-nuclei"
+    for name in ("image.tif", "labels.tif"):
+        if not (folder / name).is_file():
+            sys.exit(f"{folder / name} is missing; the nuclei benchmarks need it.")
+    return read_image(folder / "image.tif"), read_image(folder / "labels.tif", labels=True)
