@@ -11,6 +11,7 @@ from napari_unet.synthetic import make_touching_nuclei
 from napari_unet.training import (
     TrainConfig,
     TrainingMessage,
+    TrainingPreview,
     TrainingProgress,
     ValidationResult,
     prepare_training_data,
@@ -333,3 +334,20 @@ def test_training_reads_channel_axes_like_inference(nuclei):
     )
     with pytest.raises(ValueError, match="one 2D plane of labels per image plane"):
         prepare_training_data([(np.stack([image] * 3), np.stack([labels] * 2))])
+
+
+
+def test_preview_labels_every_n_steps(nuclei):
+    image, labels = nuclei
+    config = TrainConfig(steps=4, **TINY)
+    events, _ = run(
+        train_generator([(image, labels)], config, preview=image[:40, :50], preview_every=2)
+    )
+    previews = [event for event in events if isinstance(event, TrainingPreview)]
+    assert [preview.step for preview in previews] == [2, 4]
+    assert all(preview.labels.shape == (40, 50) for preview in previews)
+
+
+def test_preview_every_must_be_a_positive_integer(nuclei):
+    with pytest.raises(ValueError, match="preview_every"):
+        next(train_generator([nuclei], preview=nuclei[0], preview_every=0))

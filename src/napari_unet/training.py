@@ -55,6 +55,7 @@ __all__ = [
     "TrainConfig",
     "TrainingData",
     "TrainingMessage",
+    "TrainingPreview",
     "TrainingProgress",
     "TrainingResult",
     "ValidationResult",
@@ -215,6 +216,14 @@ class TrainingMessage:
     text: str
 
 
+@dataclass(frozen=True)
+class TrainingPreview:
+    """Every ``preview_every`` steps: the current model's labels for the preview image."""
+
+    step: int
+    labels: np.ndarray
+
+
 @dataclass
 class TrainingResult:
     """What training returns: the model, its checkpoint and why it ended.
@@ -231,7 +240,7 @@ class TrainingResult:
     validation: list[ValidationResult]
 
 
-TrainingEvent = TrainingProgress | ValidationResult | TrainingMessage
+TrainingEvent = TrainingProgress | ValidationResult | TrainingMessage | TrainingPreview
 
 
 # -- loss -------------------------------------------------------------------------------
@@ -577,6 +586,8 @@ def train_generator(
     initial: Checkpoint | None = None,
     should_stop: Callable[[], bool] | None = None,
     metadata: dict[str, Any] | None = None,
+    preview: np.ndarray | None = None,
+    preview_every: int = 50,
 ) -> Generator[TrainingEvent, None, TrainingResult]:
     """Train a U-Net; yield progress events; return the :class:`TrainingResult`.
 
@@ -599,8 +610,18 @@ def train_generator(
         Polled every step; when it returns True training ends cleanly.
     metadata : dict, optional
         Extra information stored in the checkpoint.
+    preview : numpy.ndarray, optional
+        One 2D image (with its channel axis, if any) segmented with the current
+        model every ``preview_every`` steps and yielded as a
+        :class:`TrainingPreview`, so a viewer can show training progress.
+    preview_every : int
+        Steps between previews.
     """
     config = config or TrainConfig()
+    if preview is not None and (
+        isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1
+    ):
+        raise ValueError(f"preview_every must be a positive integer, got {preview_every!r}.")
     normalization = initial.normalization if initial is not None else config.normalization
     n_classes = initial.model_config.n_classes if initial is not None else None
     if initial is not None and initial.mode != config.mode:
@@ -667,6 +688,7 @@ def train_generator(
             amp,
             rng,
             should_stop,
+            (preview, channel_axis, preview_every) if preview is not None else None,
         )
     model = result.model
     result.checkpoint = Checkpoint.from_model(
@@ -712,6 +734,7 @@ def _train_loop(
     amp: torch.dtype | None,
     rng: np.random.Generator,
     should_stop: Callable[[], bool] | None,
+    preview: tuple[np.ndarray, int | None, int] | None = None,
 ) -> Generator[TrainingEvent, None, TrainingResult]:
     model = model.to(device).to(memory_format=torch.channels_last).train()
     parameters = model.parameters()
@@ -792,6 +815,18 @@ def _train_loop(
                 )
                 validations.append(result)
                 yield result
+                model.train()
+            if preview is not None and step % preview[2] == 0:
+                image, channel_axis, _ = preview
+                labels = predict(
+                    model,
+                    image,
+                    channel_axis=channel_axis,
+                    mode=config.mode,
+                    normalization=normalization,
+                    config=InferenceConfig(device=str(device), precision="fp32"),
+                ).labels
+                yield TrainingPreview(step, np.asarray(labels))
                 model.train()
     finally:
         prefetch.close()
