@@ -60,6 +60,18 @@ def test_npe2_validate_command():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_contributed_widget_opens_from_the_viewer(make_napari_viewer):
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution(PLUGIN)
+    names = [widget.display_name for widget in manifest.contributions.widgets]
+    assert names == ["Weight map preview", "Train U-Net", "Segment"]
+    viewer = make_napari_viewer()
+    for name in names:
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        assert widget is not None and dock.widget() is not None
+
+
 def test_sample_data_opens_in_viewer(make_napari_viewer):
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "touching_nuclei")

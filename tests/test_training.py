@@ -336,7 +336,6 @@ def test_training_reads_channel_axes_like_inference(nuclei):
         prepare_training_data([(np.stack([image] * 3), np.stack([labels] * 2))])
 
 
-
 def test_preview_labels_every_n_steps(nuclei):
     image, labels = nuclei
     config = TrainConfig(steps=4, **TINY)

@@ -1,0 +1,271 @@
+"""What the three dock widgets share: layers to arrays, trained models, workers.
+
+This is widget-layer code (it imports Qt and napari); the compute core never
+imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from psygnal import Signal
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QWidget
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_unet.checkpoint import Checkpoint
+
+PLUGIN_NAME = "napari-unet-segmentation"
+logger = logging.getLogger("napari_unet")
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message says how. Shown as a notification."""
+
+
+# -- layers <-> arrays --------------------------------------------------------------------
+
+
+def image_array(layer: napari.layers.Image) -> tuple[Any, int | None]:
+    """Return the data of an Image layer and its channel axis (-1 for RGB, else None).
+
+    Multiscale layers give their full-resolution level. Lazy arrays (dask,
+    zarr) are returned as they are: the engines read them tile by tile.
+    """
+    data = layer.data[0] if layer.multiscale else layer.data
+    return data, (-1 if layer.rgb else None)
+
+
+def spatial_shape(layer: napari.layers.Image) -> tuple[int, ...]:
+    """Shape of the image without its RGB channel axis."""
+    data, channel_axis = image_array(layer)
+    shape = tuple(data.shape)
+    return shape[:-1] if channel_axis == -1 else shape
+
+
+def placement(layer: napari.layers.Layer, ndim: int) -> dict[str, Any]:
+    """``scale`` and ``translate`` of ``layer``'s last ``ndim`` axes, for a new layer."""
+    scale = tuple(layer.scale)[-ndim:]
+    translate = tuple(layer.translate)[-ndim:]
+    return {"scale": scale, "translate": translate}
+
+
+def labels_array(layer: napari.layers.Labels) -> np.ndarray:
+    """Return the data of a Labels layer as a numpy array (full resolution)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return np.asarray(data)
+
+
+def region_mask(layer: napari.layers.Shapes, shape: tuple[int, ...]) -> np.ndarray:
+    """Union of the shapes of ``layer`` as a boolean mask of ``shape``.
+
+    Shapes drawn in 2D apply to every plane of a stack; shapes drawn in a
+    stack apply to their own plane.
+    """
+    if len(layer.data) == 0:
+        raise UserError(
+            f"The region layer {layer.name!r} has no shapes. Draw rectangles around the "
+            f"fully annotated regions, or choose no region layer to train on every labelled "
+            f"pixel."
+        )
+    mask_shape = shape[-layer.ndim :] if layer.ndim <= len(shape) else shape
+    masks = layer.to_masks(mask_shape=mask_shape)
+    mask = np.any(masks, axis=0)
+    return np.broadcast_to(mask, shape).copy()
+
+
+# -- engines -----------------------------------------------------------------------------
+
+
+engines_ready = threading.Event()
+_warm_up_lock = threading.Lock()
+_warm_up_started = False
+
+
+def load_engines_in_background() -> None:
+    """Import PyTorch and warm it up in a thread when a widget opens.
+
+    ``import torch`` takes about a second, and the first optimiser step imports
+    more of it (dynamo, sympy) while holding the GIL for up to 0.3 s at a time.
+    Done when the user presses Train, either would stall the viewer then.
+    """
+
+    def load() -> None:
+        import torch
+
+        import napari_unet.checkpoint
+        import napari_unet.training  # noqa: F401 (also imports inference)
+        from napari_unet.model import UNet, UNetConfig
+
+        model = UNet(UNetConfig(depth=1, base_channels=2))
+        optimizer = torch.optim.Adam(model.parameters())
+        model(torch.zeros(1, 1, 28, 28)).sum().backward()
+        optimizer.step()
+
+    def load_then_signal() -> None:
+        try:
+            load()
+        finally:
+            engines_ready.set()
+
+    global _warm_up_started
+    with _warm_up_lock:
+        if _warm_up_started:  # once per napari session
+            return
+        _warm_up_started = True
+    threading.Thread(target=load_then_signal, name="napari-unet-warm-up", daemon=True).start()
+
+
+# -- trained models -----------------------------------------------------------------------
+
+
+class TrainedModels:
+    """The models trained (or loaded) in this napari session, by display name.
+
+    The Train widget adds to it; the Segment and Train widgets offer its
+    entries as "start from" and "model" choices and update when it changes.
+    """
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self._models: dict[str, Checkpoint] = {}
+
+    def add(self, checkpoint: Checkpoint, name: str) -> str:
+        """Store ``checkpoint`` under ``name`` (made unique) and return the name."""
+        unique, count = name, 1
+        while unique in self._models:
+            count += 1
+            unique = f"{name} ({count})"
+        self._models[unique] = checkpoint
+        self.changed.emit()
+        return unique
+
+    def names(self) -> list[str]:
+        """Newest first."""
+        return list(reversed(self._models))
+
+    def get(self, name: str) -> Checkpoint:
+        return self._models[name]
+
+    def clear(self) -> None:
+        self._models.clear()
+        self.changed.emit()
+
+
+trained_models = TrainedModels()
+
+
+def describe(checkpoint: Checkpoint) -> str:
+    """Name a checkpoint briefly: mode, size and training steps."""
+    config = checkpoint.model_config
+    steps = checkpoint.metadata.get("steps")
+    trained = f", {steps} steps" if steps is not None else ""
+    return f"{checkpoint.mode}, base {config.base_channels}{trained}"
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a worker returns instead of raising (see :func:`guarded`)."""
+
+    error: Exception
+
+    def message(self, action: str) -> str:
+        """One sentence for a notification; the engines' errors say what to do."""
+        if isinstance(self.error, (ValueError, TypeError)):
+            return f"{action} could not run: {self.error}"
+        return f"{action} failed ({type(self.error).__name__}: {self.error})."
+
+
+def guarded(events: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Pass ``events`` through; turn an exception into a returned :class:`Failure`.
+
+    napari's workers re-raise unhandled errors in the event loop and show a
+    second, bare notification; returning the error lets the widget show one
+    message that says what to do. The traceback goes to the log.
+    """
+    try:
+        return (yield from events)
+    except Exception as error:
+        logger.exception("worker failed")
+        return Failure(error)
+
+
+@dataclass
+class WorkerSlot:
+    """At most one running worker per widget, stopped cooperatively.
+
+    The engines poll ``should_stop`` between steps or tiles and then return
+    what they have; ``stop`` sets that flag.
+    """
+
+    worker: Any = None
+    stop_event: threading.Event | None = None
+    closed: bool = False  # the widget is gone: results have nowhere to go
+
+    @property
+    def running(self) -> bool:
+        """A worker was started and has not finished (it may not have begun yet)."""
+        return self.worker is not None
+
+    def start(self, worker: Any, stop_event: threading.Event) -> None:
+        self.worker, self.stop_event = worker, stop_event
+        worker.finished.connect(lambda: self._finished(worker))
+        worker.start()
+
+    def _finished(self, worker: Any) -> None:
+        if self.worker is worker:  # a newer worker may already have taken the slot
+            self.worker = None
+
+    def if_open(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a worker callback so that it does nothing once the widget is closed."""
+
+        def call(*args: Any) -> None:
+            if not self.closed:
+                callback(*args)
+
+        return call
+
+    def close(self) -> None:
+        """Drop further results and stop the worker: the widget is closing."""
+        self.closed = True
+        self.stop()
+
+    def stop(self) -> None:
+        # Only the cooperative flag: worker.quit() would abandon the engine's generator
+        # without its return value (the model trained so far) and without its cleanup.
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` when the watched widget is closed or taken out of its dock."""
+
+    def __init__(self, widget: QWidget, on_close: Callable[[], None]) -> None:
+        super().__init__(widget)
+        self._on_close = on_close
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        kind = event.type()
+        if kind == QEvent.Type.Close or (
+            kind == QEvent.Type.ParentChange and watched.parent() is None
+        ):
+            self._on_close()
+        return False
+
+
+def stop_when_closed(widget: QWidget, slot: WorkerSlot) -> None:
+    """Stop ``slot``'s worker when ``widget`` closes, leaves its dock or is destroyed."""
+    _CloseWatcher(widget, slot.close)
+    widget.destroyed.connect(lambda *_: slot.close())

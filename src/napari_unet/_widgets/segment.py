@@ -1,0 +1,584 @@
+"""The "Segment" dock widget: run a trained U-Net on an Image layer.
+
+``segment_widget`` is a :func:`magicgui.magic_factory`. Pressing Run checks the
+choices on the main thread (problems become notifications that say what to
+do), adds an empty Labels layer and starts a thread worker around
+:func:`~napari_unet.inference.predict_generator`. Every finished tile is drawn
+into the new layer as it arrives, so the user watches the mask fill in; the
+final labels (instance ids after the seeded watershed, or class ids) replace the
+provisional ones when the worker returns. Cancel stops after the current tile
+and keeps the finished tiles.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+import torch
+from magicgui import magic_factory
+from magicgui.widgets import FunctionGui, Label, ProgressBar, PushButton
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error, show_info
+
+from napari_unet._widgets._common import (
+    UserError,
+    WorkerSlot,
+    image_array,
+    placement,
+    stop_when_closed,
+    trained_models,
+)
+from napari_unet.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from napari_unet.device import resolve_device
+from napari_unet.inference import InferenceConfig, Prediction, TileResult, predict_generator
+
+# No ``from __future__ import annotations`` in this module: magicgui reads the
+# annotations of ``segment_widget`` (the return one included) as real types.
+
+__all__ = ["FILE_CHOICE", "SegmentationError", "segment_widget"]
+
+logger = logging.getLogger(__name__)
+
+#: Last entry of the model list: use the file chosen under "model file".
+FILE_CHOICE = "checkpoint file…"
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def _model_choices(_widget: Any = None) -> list[str]:
+    """Trained models of this session (newest first), then the checkpoint-file entry."""
+    return [*trained_models.names(), FILE_CHOICE]
+
+
+# -- one run ------------------------------------------------------------------------------
+
+
+class SegmentationError(Exception):
+    """Inference failed in the worker; the original error is chained."""
+
+
+@dataclass
+class _Job:
+    """Everything one run needs; the worker gets only the arrays and settings."""
+
+    checkpoint: Checkpoint
+    data: Any
+    channel_axis: int | None
+    config: InferenceConfig
+    device: torch.device
+    probabilities: bool
+    image_name: str
+    out_shape: tuple[int, ...]
+    out_placement: dict[str, Any]
+    labels_layer: napari.layers.Labels
+    viewer: Any
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    tiles: Generator[TileResult, None, Prediction] | None = None
+    started_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        return self.out_shape[:-2]
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.plane_shape, dtype=np.int64))
+
+    def plane_index(self, plane: int) -> tuple[int, ...]:
+        """Index of flat plane number ``plane`` in the leading axes of the output."""
+        if not self.plane_shape:
+            return ()
+        return tuple(int(i) for i in np.unravel_index(plane, self.plane_shape))
+
+
+def _segment(job: _Job) -> Generator[TileResult, None, Prediction]:
+    """Worker body: the inference generator, with memory errors turned into advice."""
+    # The network is built here, off the main thread; only the generator's frame
+    # holds it, so closing the generator releases it (and its GPU memory).
+    job.tiles = predict_generator(
+        job.checkpoint.build_model(),
+        job.data,
+        channel_axis=job.channel_axis,
+        mode=job.checkpoint.mode,
+        normalization=job.checkpoint.normalization,
+        config=job.config,
+        return_probabilities=job.probabilities,
+        should_stop=job.stop_event.is_set,
+    )
+    try:
+        return (yield from job.tiles)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+        raise UserError(
+            f"Out of memory while segmenting {job.image_name!r} on {job.device}: set a "
+            f"smaller tile size, or choose the cpu device."
+        ) from error
+    except RuntimeError as error:
+        # superqt's GeneratorWorker takes a RuntimeError from the generator for a
+        # deleted worker: it warns and emits neither ``errored`` nor ``finished``,
+        # so the widget would stay busy for ever. Torch raises RuntimeError often.
+        raise SegmentationError(f"{type(error).__name__}: {error}") from error
+
+
+# -- choices -> job (main thread) ---------------------------------------------------------
+
+
+def _choose_checkpoint(model: str | None, model_file: Path | None) -> Checkpoint:
+    """Return the checkpoint named in the model list, or read ``model_file``."""
+    if model and model != FILE_CHOICE:
+        try:
+            return trained_models.get(model)
+        except KeyError:
+            raise UserError(
+                f"The model {model!r} is no longer available; choose another model or a "
+                f"checkpoint file."
+            ) from None
+    if model_file is None or not str(model_file) or str(model_file) == "." or model_file.is_dir():
+        if not trained_models.names():
+            raise UserError(
+                "No model yet: Train a model with the Train U-Net widget or choose a "
+                "checkpoint file (.pt)."
+            )
+        raise UserError("Choose a checkpoint file (.pt) under 'model file', or a trained model.")
+    try:
+        return load_checkpoint(model_file)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+
+
+def _channel_axis(
+    layer: napari.layers.Image, shape: tuple[int, ...], in_channels: int
+) -> int | None:
+    """Where the model's input channels lie in the layer's data, or a UserError.
+
+    RGB(A) layers have their channels last. Other layers are grey unless the
+    model wants several channels: then the leading axis (not one of the last
+    two) whose length is ``in_channels`` holds them, axis -3 first.
+    """
+    if layer.rgb:
+        if in_channels == 1:
+            raise UserError(
+                f"{layer.name!r} is an RGB image but the model was trained on grey "
+                f"(1-channel) images; choose a model trained on RGB images, or split the "
+                f"image into channels (Layers > Split RGB) and segment one of them."
+            )
+        if shape[-1] != in_channels:
+            raise UserError(
+                f"The model expects {in_channels} channels but {layer.name!r} has "
+                f"{shape[-1]} colour channels; choose a model trained on such images."
+            )
+        return -1
+    if in_channels == 1:
+        return None
+    leading = range(len(shape) - 2)
+    matches = [axis for axis in leading if shape[axis] == in_channels]
+    if not matches:
+        raise UserError(
+            f"The model expects {in_channels} channels but {layer.name!r} (shape "
+            f"{tuple(shape)}) has no axis of length {in_channels} besides its last two; "
+            f"choose a model trained on 1-channel images, or a multi-channel image."
+        )
+    preferred = len(shape) - 3
+    return preferred if preferred in matches else matches[0]
+
+
+def _out_placement(
+    layer: napari.layers.Image, channel_axis: int | None, ndim: int
+) -> dict[str, Any]:
+    """Scale and translate of the output: the input's, without a channel axis."""
+    if channel_axis is None or layer.rgb:
+        return placement(layer, ndim)
+    # A non-RGB channel axis is a layer axis too: drop its entry.
+    keep = [axis for axis in range(layer.ndim) if axis != channel_axis]
+    return {
+        "scale": tuple(layer.scale[axis] for axis in keep)[-ndim:],
+        "translate": tuple(layer.translate[axis] for axis in keep)[-ndim:],
+    }
+
+
+# -- the widget's state -------------------------------------------------------------------
+
+
+class _Session:
+    """State of one Segment widget: its widgets, its worker and the current job."""
+
+    # Class-level fallbacks for ``close``: the widget and its session form a
+    # reference cycle, and when the garbage collector clears it the widget's
+    # ``destroyed`` signal can arrive after the session's ``__dict__`` is emptied.
+    # (While a worker runs, its signal connections keep the session alive.)
+    slot: WorkerSlot | None = None
+    alive: bool = False
+
+    def __init__(self, gui: FunctionGui) -> None:
+        self.gui = gui
+        self.slot = WorkerSlot()
+        self.job: _Job | None = None
+        self.alive = True
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=True)
+        self.status = Label(value="Ready.", label="")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button.changed.connect(self.cancel)
+        gui.extend([self.progress, self.status, self.cancel_button])
+
+    # -- model list
+
+    def on_models_changed(self) -> None:
+        """Refresh the model list, newest first; select a model that has just been added."""
+        combo = self.gui.model
+        current, before = combo.value, set(combo.choices)
+        with combo.changed.blocked():
+            # magicgui keeps old entries in place and appends new ones; clear
+            # first so the list follows trained_models' newest-first order.
+            combo.choices = ()
+            combo.reset_choices()
+            added = [name for name in trained_models.names() if name not in before]
+            if added:
+                combo.value = added[0]  # just trained: most likely the one wanted
+            elif current in combo.choices:
+                combo.value = current
+        self.sync_file_row()
+
+    def sync_file_row(self) -> None:
+        """Show the file chooser only when the checkpoint-file entry is chosen."""
+        self.gui.model_file.visible = self.gui.model.value == FILE_CHOICE
+
+    # -- running
+
+    @property
+    def busy(self) -> bool:
+        # ``slot.running`` is False until the thread pool actually starts the
+        # worker; the slot holds the worker from start to finish.
+        return self.slot.worker is not None
+
+    def run(
+        self,
+        viewer: Any,
+        image: napari.layers.Image | None,
+        model: str | None,
+        model_file: Path | None,
+        device: str,
+        probabilities: bool,
+        tile_size: int,
+    ) -> GeneratorWorker | None:
+        """Check the choices, add the output layer and start the worker."""
+        if self.busy:
+            show_error("A segmentation is already running; wait for it or press Cancel.")
+            return None
+        try:
+            job = self._make_job(viewer, image, model, model_file, device, probabilities, tile_size)
+        except UserError as error:
+            show_error(str(error))
+            return None
+        worker = create_worker(_segment, job, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self.on_tile)
+        worker.returned.connect(self.on_returned)
+        worker.errored.connect(self.on_errored)
+        worker.aborted.connect(self.on_aborted)
+        worker.finished.connect(self.on_finished)
+        self.job = job
+        self._set_running(True, f"Segmenting {job.image_name!r}…")
+        self.slot.start(worker, job.stop_event)
+        return worker
+
+    def _make_job(
+        self,
+        viewer: Any,
+        image: napari.layers.Image | None,
+        model: str | None,
+        model_file: Path | None,
+        device: str,
+        probabilities: bool,
+        tile_size: int,
+    ) -> _Job:
+        if image is None:
+            raise UserError("There is no Image layer to segment: open an image first.")
+        checkpoint = _choose_checkpoint(model, model_file)
+        try:
+            resolved = resolve_device(device)
+        except ValueError as error:  # e.g. cuda requested, none available
+            raise UserError(str(error)) from error
+        data, _ = image_array(image)
+        shape = tuple(int(s) for s in data.shape)
+        channel_axis = _channel_axis(image, shape, checkpoint.model_config.in_channels)
+        if channel_axis is None:
+            out_shape = shape
+        else:
+            out_shape = shape[: channel_axis % len(shape)] + shape[channel_axis % len(shape) + 1 :]
+        if len(out_shape) < 2 or min(out_shape[-2:]) < 2:
+            raise UserError(
+                f"{image.name!r} has shape {shape}; segmentation needs 2D planes of at "
+                f"least 2x2 pixels."
+            )
+        config = InferenceConfig(
+            tile_shape=(tile_size, tile_size) if tile_size > 0 else None,
+            device=str(resolved),
+        )
+        out_placement = _out_placement(image, channel_axis, len(out_shape))
+        dtype = np.uint32 if checkpoint.mode == "instances" else np.uint16
+        # A new layer every run (napari makes the name unique): never overwrite
+        # the user's layers or an earlier result.
+        labels_layer = napari.layers.Labels(
+            np.zeros(out_shape, dtype=dtype),
+            name=f"{image.name} segmentation",
+            **out_placement,
+        )
+        viewer.add_layer(labels_layer)
+        return _Job(
+            checkpoint=checkpoint,
+            data=data,
+            channel_axis=channel_axis,
+            config=config,
+            device=resolved,
+            probabilities=probabilities,
+            image_name=image.name,
+            out_shape=out_shape,
+            out_placement=out_placement,
+            labels_layer=labels_layer,
+            viewer=viewer,
+        )
+
+    def cancel(self) -> None:
+        """Stop after the current tile; the worker returns what is done.
+
+        Only the stop event is set: ``worker.quit()`` would end the worker without
+        its return value, losing the final instance ids of the finished tiles.
+        """
+        if self.job is not None:
+            self.job.stop_event.set()
+            self.cancel_button.enabled = False
+            self.status.value = "Cancelling after the current tile…"
+
+    def _set_running(self, running: bool, message: str) -> None:
+        if not self.alive:
+            return
+        self.gui.call_button.enabled = not running
+        self.cancel_button.enabled = running
+        self.status.value = message
+        if running:
+            self.progress.value = 0
+
+    # -- worker callbacks (main thread)
+
+    def on_tile(self, tile: TileResult) -> None:
+        """Draw one finished tile into the output layer."""
+        job = self.job
+        if job is None:
+            return
+        rows, cols = tile.region
+        if job.checkpoint.mode == "instances":
+            # Provisional: foreground as label 1. The instance ids come per plane
+            # with the final result (the watershed needs the whole plane).
+            values = 1.0 - tile.probabilities[0] > job.config.threshold
+        else:
+            values = np.argmax(tile.probabilities, axis=0) + 1  # classes are 1..K
+        index = job.plane_index(tile.plane)
+        layer = job.labels_layer
+        layer.data[(*index, rows, cols)] = values  # in place: no copy of the layer
+        if self._shows_plane(index):
+            layer.refresh(extent=False, highlight=False)
+        if self.alive:
+            total = job.n_planes * tile.count
+            self.progress.max = total
+            self.progress.value = tile.plane * tile.count + tile.index + 1
+            self.status.value = (
+                f"plane {tile.plane + 1}/{job.n_planes}, tile {tile.index + 1}/{tile.count}"
+            )
+
+    def _shows_plane(self, index: tuple[int, ...]) -> bool:
+        """Whether the viewer's current 2D slice may show plane ``index`` of the output.
+
+        Only a thin 2D view of the last two axes at another plane is known to be
+        unaffected; anything else (3D view, transposed axes, thick slices) is
+        refreshed.
+        """
+        if not index:
+            return True
+        job = self.job
+        assert job is not None
+        dims = job.viewer.dims
+        if dims.ndisplay != 2 or tuple(dims.displayed) != (dims.ndim - 2, dims.ndim - 1):
+            return True
+        if any(dims.margin_left) or any(dims.margin_right):
+            return True
+        # napari picks the plane by rounding the point in data coordinates.
+        point = job.labels_layer.world_to_data(dims.point)
+        return all(int(np.round(p)) == i for p, i in zip(point[: len(index)], index, strict=True))
+
+    def on_returned(self, prediction: Prediction) -> None:
+        """Show the final labels (and probabilities); say if the run was cancelled."""
+        job = self.job
+        if job is None:
+            return
+        # The final ids replace the provisional mask in one assignment.
+        job.labels_layer.data = prediction.labels
+        if job.probabilities and prediction.probabilities is not None:
+            self._add_probabilities(job, prediction.probabilities)
+        seconds = time.perf_counter() - job.started_at
+        if prediction.completed:
+            message = f"Done in {seconds:.1f} s."
+        else:
+            message = "Cancelled; the finished tiles are kept."
+            show_info("Segmentation cancelled; the finished tiles are kept.")
+        if self.alive:
+            self.status.value = message
+            if prediction.completed:
+                self.progress.value = self.progress.max
+
+    def _add_probabilities(self, job: _Job, probabilities: np.ndarray) -> None:
+        """Add probability Image layers just below the segmentation.
+
+        Instances: one layer, the foreground probability. Semantic: one layer
+        per class, named after it (a biologist reads "nuclei probabilities
+        (membrane)" more easily than an extra class axis on a slider).
+        """
+        checkpoint = job.checkpoint
+        name = f"{job.image_name} probabilities"
+        if checkpoint.mode == "instances":
+            maps = [(name, 1.0 - probabilities[..., 0, :, :])]
+        else:
+            maps = [
+                (f"{name} ({class_name})", probabilities[..., k, :, :])
+                for k, class_name in enumerate(checkpoint.class_names)
+            ]
+        layers = job.viewer.layers
+        for layer_name, data in maps:
+            layer = napari.layers.Image(
+                data,
+                name=layer_name,
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                **job.out_placement,
+            )
+            if job.labels_layer in layers:
+                layers.insert(layers.index(job.labels_layer), layer)
+            else:
+                layers.append(layer)
+
+    def on_errored(self, error: Exception) -> None:
+        """Say what failed and reset the widget; the tiles drawn so far stay.
+
+        napari 0.9's workers do not relay errors to notifications themselves
+        (their notifying mixin's ``__init__`` is never called), so this does.
+        """
+        job = self.job
+        name = job.image_name if job is not None else "the image"
+        logger.error("Segmentation of %r failed", name, exc_info=error)
+        if isinstance(error, UserError):
+            message = str(error)
+        else:
+            cause = f"{type(error).__name__}: {error}"
+            if isinstance(error, SegmentationError):
+                cause = str(error)
+            message = (
+                f"Segmentation of {name!r} failed ({cause}). The tiles finished so far are "
+                f"kept; check that the model suits the image, or try the cpu device."
+            )
+        show_error(message)
+        self._set_running(False, "Failed.")
+
+    def on_aborted(self) -> None:
+        """Reset after the worker was quit (widget or viewer closed, napari's activity list)."""
+        self._set_running(False, "Stopped; the tiles drawn so far are kept.")
+
+    def on_finished(self) -> None:
+        """Release the network and free GPU memory; re-enable Run."""
+        job, self.job = self.job, None
+        if job is not None:
+            if job.tiles is not None:
+                # After an abort the generator is still suspended and holds the
+                # network: close it now rather than whenever it is collected.
+                job.tiles.close()
+                job.tiles = None
+            if job.device.type == "cuda":
+                torch.cuda.empty_cache()
+        if self.alive:
+            self.gui.call_button.enabled = True
+            self.cancel_button.enabled = False
+
+    def close(self) -> None:
+        """Stop the worker and leave the shared model list (the widget is gone)."""
+        self.alive = False
+        if self.slot is not None:
+            self.slot.stop()
+        trained_models.changed.disconnect(self.on_models_changed)
+
+
+def _init_widget(gui: FunctionGui) -> None:
+    """Add progress, status and Cancel; keep the model list current."""
+    session = _Session(gui)
+    gui.session.bind(session)
+    gui.model.changed.connect(session.sync_file_row)
+    session.sync_file_row()
+    trained_models.changed.connect(session.on_models_changed)
+    stop_when_closed(gui.native, session.slot)
+    gui.native.destroyed.connect(lambda *_: session.close())
+
+
+@magic_factory(
+    call_button="Run",
+    widget_init=_init_widget,
+    model={"choices": _model_choices, "tooltip": "A model trained in this session, or a file."},
+    model_file={
+        "label": "model file",
+        "filter": "*.pt",
+        "mode": "r",
+        "tooltip": "A checkpoint saved by the Train U-Net widget or `napari-unet train`.",
+    },
+    device={"choices": DEVICE_CHOICES, "tooltip": "auto: CUDA, then Apple MPS, then CPU."},
+    probabilities={
+        "label": "add probabilities",
+        "tooltip": "Also add the predicted probabilities as Image layers.",
+    },
+    tile_size={
+        "label": "tile size (0 = automatic)",
+        "min": 0,
+        "max": 16384,
+        "tooltip": "Output tile side in pixels; smaller tiles need less memory.",
+    },
+    session={"widget_type": "EmptyWidget", "visible": False},
+)
+def segment_widget(
+    viewer: napari.Viewer,
+    image: napari.layers.Image,
+    model: str,
+    model_file: Path = Path(),
+    device: str = "auto",
+    probabilities: bool = False,
+    tile_size: int = 0,
+    session: _Session | None = None,
+) -> GeneratorWorker | None:
+    """Segment ``image`` with a trained U-Net, tile by tile, into a new Labels layer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer the widget is docked in (injected).
+    image : napari.layers.Image
+        The image (2D, a stack of planes, RGB or multi-channel).
+    model : str
+        A model trained in this session, or ``FILE_CHOICE`` to use ``model_file``.
+    model_file : pathlib.Path
+        A checkpoint file, used when ``model`` is ``FILE_CHOICE``.
+    device : {"auto", "cpu", "cuda"}
+        Where the network runs.
+    probabilities : bool
+        Also add the probabilities as Image layers.
+    tile_size : int
+        Output tile side in pixels; 0 chooses it automatically.
+    session : _Session
+        The widget's state (bound by the widget; not a user choice).
+
+    Returns
+    -------
+    GeneratorWorker or None
+        The started worker, or None when a notification explained what to fix.
+        (The return annotation names no napari layer type, so magicgui adds nothing
+        to the viewer.)
+    """
+    if session is None:
+        raise RuntimeError("segment_widget must be created with its widget_init.")
+    return session.run(viewer, image, model, model_file, device, probabilities, tile_size)

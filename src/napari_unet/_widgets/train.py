@@ -1,0 +1,552 @@
+"""The "Train U-Net" dock widget.
+
+It turns the chosen layers into arrays, runs :func:`napari_unet.training.train_generator`
+in a napari thread worker (the viewer stays responsive), follows its events with a
+progress bar and a loss plot, and hands the trained model to the Segment widget
+through :data:`napari_unet._widgets._common.trained_models`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from napari_unet._widgets._common import (
+    Failure,
+    UserError,
+    WorkerSlot,
+    describe,
+    guarded,
+    image_array,
+    labels_array,
+    load_engines_in_background,
+    placement,
+    region_mask,
+    spatial_shape,
+    stop_when_closed,
+    trained_models,
+)
+from napari_unet._widgets.loss_plot import LossPlot
+
+if TYPE_CHECKING:
+    import napari
+    import napari.viewer
+
+    from napari_unet.checkpoint import Checkpoint
+    from napari_unet.training import TrainingEvent, TrainingResult
+
+NEW_MODEL = "new model"
+FROM_FILE = "checkpoint file…"
+MODEL_SIZES = {
+    "small (16 base channels, fast on a CPU)": 16,
+    "medium (32 base channels)": 32,
+    "large (64 base channels, as in the paper; use a GPU)": 64,
+}
+OPTIMIZERS = {"Adam (short interactive runs)": "adam", "SGD, momentum 0.99 (the paper)": "sgd"}
+
+
+def _layers_of(viewer: napari.Viewer, kind: type) -> list[tuple[str, Any]]:
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+
+
+class PairRow(Container):
+    """One training pair: an Image layer, its Labels layer and optional regions."""
+
+    def __init__(self, viewer: napari.Viewer, number: int) -> None:
+        self.image = ComboBox(
+            label=f"image {number}",
+            choices=lambda _: _layers_of(viewer, Image),
+            tooltip="An image to learn from (2D, a stack of 2D planes, or RGB).",
+        )
+        self.labels_box = ComboBox(
+            label=f"labels {number}",
+            choices=lambda _: _layers_of(viewer, Labels),
+            tooltip=(
+                "The annotation of that image. Instances mode: 0 is background, every other "
+                "id one cell. Semantic mode: values 1..K are classes, 0 is not annotated."
+            ),
+        )
+        self.regions = ComboBox(
+            label=f"regions {number}",
+            choices=lambda _: _layers_of(viewer, Shapes),
+            nullable=True,
+            tooltip=(
+                "Optional Shapes layer of rectangles around the fully annotated regions; "
+                "pixels outside them are ignored in training. Empty: the whole image counts."
+            ),
+        )
+        super().__init__(widgets=[self.image, self.labels_box, self.regions], labels=True)
+        # Pre-select the Labels layer whose name starts like the image's, if any.
+        self.image.changed.connect(self._match_labels)
+        self._match_labels()
+
+    def _match_labels(self, *_: Any) -> None:
+        image = self.image.value
+        if image is None:
+            return
+        for layer in self.labels_box.choices:
+            if layer.name.startswith(image.name) and layer.data.shape == spatial_shape(image):
+                self.labels_box.value = layer
+                return
+
+
+@dataclass
+class TrainingRequest:
+    """Everything the worker needs, as arrays: no layers cross into the thread."""
+
+    pairs: list[tuple[np.ndarray, np.ndarray]]
+    masks: list[np.ndarray | None]
+    channel_axis: int | None
+    validation: tuple[np.ndarray, np.ndarray] | None
+    initial: Checkpoint | None
+    config: Any
+    preview: np.ndarray | None
+    preview_every: int
+    preview_layer_of: Any  # the Image layer whose plane is previewed
+    image_names: list[str]
+
+
+def _training_events(request: TrainingRequest, should_stop: Any) -> Any:
+    """Yield the training engine's events in the worker; return its result or a Failure."""
+    from napari_unet.training import train_generator
+
+    return (
+        yield from guarded(
+            train_generator(
+                request.pairs,
+                request.config,
+                masks=request.masks,
+                channel_axis=request.channel_axis,
+                validation=request.validation,
+                initial=request.initial,
+                should_stop=should_stop,
+                metadata={"trained_with": "napari widget", "images": request.image_names},
+                preview=request.preview,
+                preview_every=request.preview_every,
+            )
+        )
+    )
+
+
+class TrainWidget(Container):
+    """Train a U-Net on (Image, Labels) layer pairs without freezing the viewer."""
+
+    # napari passes the viewer to a parameter annotated exactly "napari.viewer.Viewer".
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.rows: list[PairRow] = [PairRow(viewer, 1)]
+        self.pairs = Container(widgets=self.rows, labels=False)
+        self.add_pair_button = PushButton(text="Add a pair")
+        self.remove_pair_button = PushButton(text="Remove the last pair", enabled=False)
+        self.validation_image = ComboBox(
+            label="validation image",
+            choices=lambda _: _layers_of(viewer, Image),
+            nullable=True,
+            value=None,
+            tooltip="Optional held-out image, scored during training (AP at IoU 0.5).",
+        )
+        self.validation_labels = ComboBox(
+            label="validation labels",
+            choices=lambda _: _layers_of(viewer, Labels),
+            nullable=True,
+            value=None,
+        )
+        self.mode = ComboBox(
+            label="mode",
+            choices=["instances", "semantic"],
+            tooltip=(
+                "instances: every labelled id is one object; touching objects are kept apart "
+                "with the paper's boundary weights. semantic: label values are classes."
+            ),
+        )
+        self.budget_unit = ComboBox(label="train for", choices=["minutes", "steps"])
+        self.budget = FloatSpinBox(label="budget", value=2.0, min=0.1, max=100_000, step=0.5)
+        self.model_size = ComboBox(label="model size", choices=list(MODEL_SIZES))
+        self.start_from = ComboBox(
+            label="start from",
+            choices=lambda _: [NEW_MODEL, *trained_models.names(), FROM_FILE],
+            tooltip="A new model, or fine-tune a trained one on corrected labels.",
+        )
+        self.model_file = FileEdit(label="model file", filter="*.pt", visible=False)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"])
+        self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS))
+        self.live_preview = CheckBox(
+            text="live preview", tooltip="Segment the visible plane every N steps."
+        )
+        self.preview_every = SpinBox(label="preview every (steps)", value=50, min=1, max=10_000)
+        self.train_button = PushButton(text="Train U-Net")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.save_button = PushButton(text="Save model…", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1000)
+        self.status = Label(label="status", value="ready")
+        super().__init__(
+            widgets=[
+                self.pairs,
+                Container(
+                    widgets=[self.add_pair_button, self.remove_pair_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.validation_image,
+                self.validation_labels,
+                self.mode,
+                self.budget_unit,
+                self.budget,
+                self.model_size,
+                self.start_from,
+                self.model_file,
+                self.device,
+                self.optimizer,
+                self.live_preview,
+                self.preview_every,
+                Container(
+                    widgets=[self.train_button, self.stop_button, self.save_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.progress,
+                self.status,
+            ],
+            labels=True,
+        )
+        self.plot = LossPlot()
+        self.native.layout().addWidget(self.plot)
+        self.preview_every.visible = False
+        self.slot = WorkerSlot()
+        self.checkpoint: Checkpoint | None = None  # the last model trained here
+        self.model_name: str | None = None
+        self._preview_layer: Labels | None = None
+        self._request: TrainingRequest | None = None
+        self._started = 0.0
+
+        self.add_pair_button.changed.connect(self._add_pair)
+        self.remove_pair_button.changed.connect(self._remove_pair)
+        self.budget_unit.changed.connect(self._budget_unit_changed)
+        self.start_from.changed.connect(self._start_from_changed)
+        self.live_preview.changed.connect(lambda on: setattr(self.preview_every, "visible", on))
+        self.train_button.changed.connect(self.start)
+        self.stop_button.changed.connect(self.stop)
+        self.save_button.changed.connect(self._ask_and_save)
+        trained_models.changed.connect(self._models_changed)
+        self.native.destroyed.connect(lambda *_: _disconnect(self._models_changed))
+        stop_when_closed(self.native, self.slot)
+        load_engines_in_background()
+
+    # -- layout reactions ------------------------------------------------------------------
+
+    def _add_pair(self) -> None:
+        row = PairRow(self.viewer, len(self.rows) + 1)
+        self.rows.append(row)
+        self.pairs.append(row)
+        self.remove_pair_button.enabled = True
+
+    def _remove_pair(self) -> None:
+        if len(self.rows) > 1:
+            self.pairs.remove(self.rows.pop())
+        self.remove_pair_button.enabled = len(self.rows) > 1
+
+    def _budget_unit_changed(self, unit: str) -> None:
+        if unit == "steps":
+            self.budget.min, self.budget.step = 1, 50
+            self.budget.value = 500
+        else:
+            self.budget.min, self.budget.step = 0.1, 0.5
+            self.budget.value = 2.0
+
+    def _start_from_changed(self, value: str) -> None:
+        self.model_file.visible = value == FROM_FILE
+        fine_tune = value not in (NEW_MODEL, FROM_FILE)
+        self.model_size.enabled = value == NEW_MODEL
+        if fine_tune:
+            self.mode.value = trained_models.get(value).mode
+
+    def _models_changed(self) -> None:
+        self.start_from.reset_choices()
+
+    # -- gathering the request -------------------------------------------------------------
+
+    def _collect(self) -> TrainingRequest:
+        """Read the widget into arrays; raise UserError with what to do."""
+        from napari_unet.checkpoint import load_checkpoint
+        from napari_unet.device import resolve_device
+        from napari_unet.training import TrainConfig
+
+        mode = self.mode.value
+        pairs, masks, names = [], [], []
+        channel_axes = set()
+        for number, row in enumerate(self.rows, start=1):
+            image_layer, labels_layer = row.image.value, row.labels_box.value
+            if image_layer is None or labels_layer is None:
+                raise UserError(
+                    f"Pair {number} has no {'image' if image_layer is None else 'labels'} "
+                    f"layer. Open an image, add a Labels layer and paint some "
+                    f"{'objects' if mode == 'instances' else 'classes'}, then choose both."
+                )
+            image, channel_axis = image_array(image_layer)
+            labels = labels_array(labels_layer)
+            if tuple(labels.shape) != spatial_shape(image_layer):
+                raise UserError(
+                    f"The labels {labels_layer.name!r} have shape {tuple(labels.shape)} but the "
+                    f"image {image_layer.name!r} has {spatial_shape(image_layer)}. Choose the "
+                    f"Labels layer painted on this image."
+                )
+            if not np.any(labels):
+                raise UserError(
+                    f"No annotation found in {labels_layer.name!r}. Paint some "
+                    f"{'cells (each with its own id)' if mode == 'instances' else 'classes'} "
+                    f"first."
+                )
+            mask = None
+            if row.regions.value is not None:
+                mask = region_mask(row.regions.value, tuple(labels.shape))
+                if not np.any(labels[mask]):
+                    raise UserError(
+                        f"The regions of {row.regions.value.name!r} contain no annotation "
+                        f"of {labels_layer.name!r}. Draw them around the labelled cells."
+                    )
+            channel_axes.add(channel_axis)
+            pairs.append((np.asarray(image), labels))
+            masks.append(mask)
+            names.append(image_layer.name)
+        if len(channel_axes) > 1:
+            raise UserError("Mix of RGB and grey images: train on images of one kind.")
+        channel_axis = channel_axes.pop()
+
+        validation = None
+        if (self.validation_image.value is None) != (self.validation_labels.value is None):
+            raise UserError("Choose both a validation image and its labels, or neither.")
+        if self.validation_image.value is not None:
+            v_image, v_axis = image_array(self.validation_image.value)
+            v_labels = labels_array(self.validation_labels.value)
+            if v_axis != channel_axis or tuple(v_labels.shape) != spatial_shape(
+                self.validation_image.value
+            ):
+                raise UserError(
+                    "The validation labels must have the validation image's shape, and the "
+                    "validation image the training images' channels."
+                )
+            validation = (np.asarray(v_image), v_labels)
+
+        try:
+            resolve_device(self.device.value)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        initial = None
+        source = self.start_from.value
+        if source == FROM_FILE:
+            path = Path(self.model_file.value)
+            if not path.is_file():
+                raise UserError("Choose a model file (.pt) to start from, or start a new model.")
+            try:
+                initial = load_checkpoint(path)
+            except (OSError, ValueError) as error:
+                raise UserError(str(error)) from None
+        elif source != NEW_MODEL:
+            initial = trained_models.get(source)
+        if initial is not None and initial.mode != mode:
+            raise UserError(
+                f"The starting model was trained in {initial.mode} mode but the mode is {mode}. "
+                f"Choose mode {initial.mode} to fine-tune it, or start a new model."
+            )
+        steps = minutes = None
+        if self.budget_unit.value == "steps":
+            steps = max(1, round(self.budget.value))
+        else:
+            minutes = float(self.budget.value)
+        config = TrainConfig(
+            mode=mode,
+            steps=steps,
+            minutes=minutes,
+            base_channels=MODEL_SIZES[self.model_size.value],
+            optimizer=OPTIMIZERS[self.optimizer.value],
+            device=self.device.value,
+        )
+        preview = preview_layer = None
+        if self.live_preview.value:
+            preview_layer = self.rows[0].image.value
+            preview = self._visible_plane(preview_layer)
+        return TrainingRequest(
+            pairs, masks, channel_axis, validation, initial, config,
+            preview, self.preview_every.value, preview_layer, names,
+        )  # fmt: skip
+
+    def _visible_plane(self, layer: Image) -> np.ndarray:
+        """Return the 2D plane of ``layer`` that the viewer shows now."""
+        data, _ = image_array(layer)
+        leading = len(spatial_shape(layer)) - 2
+        point = self.viewer.dims.current_step[-(leading + 2) :][:leading] if leading else ()
+        index = tuple(min(int(p), data.shape[i] - 1) for i, p in enumerate(point))
+        return np.asarray(data[index])
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> Any:
+        """Start training; return the worker, or None when the input needs fixing."""
+        from napari.qt.threading import create_worker
+
+        if self.slot.running:
+            show_warning("Training is already running; press Stop first.")
+            return None
+        try:
+            request = self._collect()
+        except UserError as error:
+            show_error(str(error))
+            return None
+        stop_event = threading.Event()
+        worker = create_worker(_training_events, request, stop_event.is_set, _start_thread=False)
+        worker.yielded.connect(self.slot.if_open(self._on_event))
+        worker.returned.connect(self.slot.if_open(self._on_result))
+        worker.finished.connect(self.slot.if_open(self._on_finished))
+        self._request = request
+        if request.preview is not None:
+            self._prepare_preview_layer(request)
+        self._started = time.perf_counter()
+        self.plot.clear()
+        self.progress.value = 0
+        self.status.value = "preparing the training data…"
+        self.train_button.enabled = False
+        self.stop_button.enabled = True
+        self.slot.start(worker, stop_event)
+        return worker
+
+    def stop(self) -> None:
+        """Stop after the current step; the model trained so far is kept."""
+        if self.slot.running:
+            self.status.value = "stopping after this step…"
+        self.slot.stop()
+
+    def _on_event(self, event: TrainingEvent) -> None:
+        from napari_unet.training import (
+            TrainingMessage,
+            TrainingPreview,
+            TrainingProgress,
+            ValidationResult,
+        )
+
+        if isinstance(event, TrainingProgress):
+            config = self._request.config if self._request else None
+            if config is not None and config.steps is not None:
+                fraction = event.step / config.steps
+            elif config is not None and config.minutes:
+                fraction = event.elapsed / (60 * config.minutes)
+            else:
+                fraction = 0.0
+            self.progress.value = int(1000 * min(fraction, 1.0))
+            self.status.value = (
+                f"step {event.step} · loss {event.loss:.4f} · {event.images_per_second:.1f} tiles/s"
+            )
+            self.plot.add_loss(event.step, event.loss)
+        elif isinstance(event, ValidationResult):
+            self.plot.add_score(event.step, event.score, event.score_name)
+        elif isinstance(event, TrainingMessage):
+            show_info(event.text)
+        elif isinstance(event, TrainingPreview):
+            self._show_preview(event.labels)
+
+    def _prepare_preview_layer(self, request: TrainingRequest) -> None:
+        """Add (or reuse) the preview layer now, at the click.
+
+        Adding a layer costs napari about 0.2 s on the main thread: better spent
+        when the user presses Train than in the middle of training.
+        """
+        shape = request.preview.shape[:-1] if request.channel_axis == -1 else request.preview.shape
+        layer = self._preview_layer
+        if layer is not None and layer in self.viewer.layers and layer.data.shape == shape:
+            layer.data = np.zeros(shape, np.uint32)
+            return
+        source = request.preview_layer_of
+        self._preview_layer = self.viewer.add_labels(
+            np.zeros(shape, np.uint32),
+            name=f"{source.name} training preview",
+            opacity=0.6,
+            **placement(source, 2),
+        )
+        self.viewer.layers.selection.active = source  # keep the user's selection
+
+    def _show_preview(self, labels: np.ndarray) -> None:
+        layer = self._preview_layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = labels  # the user may have deleted it: then just skip
+
+    def _on_result(self, result: TrainingResult | Failure) -> None:
+        if isinstance(result, Failure):
+            show_error(result.message("Training"))
+            self.status.value = "failed; see the notification"
+            return
+        if result.steps == 0:
+            show_warning("Training stopped before its first step; no model was made.")
+            return
+        self.checkpoint = result.checkpoint
+        stamp = time.strftime("%H:%M:%S")
+        name = trained_models.add(result.checkpoint, f"{describe(result.checkpoint)} ({stamp})")
+        self.model_name = name
+        self.start_from.value = name  # the next run fine-tunes it (correct, then retrain)
+        self.save_button.enabled = True
+        minutes = (time.perf_counter() - self._started) / 60
+        why = {"budget": "", "stopped": " (stopped)", "non-finite loss": " (loss not finite)"}
+        show_info(
+            f"Training finished after {result.steps} steps in {minutes:.1f} min"
+            f"{why.get(result.stop_reason, '')}. Segment with it in the Segment widget "
+            f"(model {name!r}), or save it."
+        )
+        self.status.value = f"done: {result.steps} steps, model {name!r}"
+
+    def _on_finished(self) -> None:
+        self.train_button.enabled = True
+        self.stop_button.enabled = False
+        self.progress.value = self.progress.max if self.checkpoint else self.progress.value
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def _ask_and_save(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        # The dialog asks before replacing an existing file.
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save the U-Net model", "unet-model.pt", "U-Net model (*.pt)"
+        )
+        if path:
+            self.save_model(path)
+
+    def save_model(self, path: str | Path) -> Path | None:
+        """Save the last trained model to ``path`` (atomically); return the path."""
+        from napari_unet.checkpoint import save_checkpoint
+
+        if self.checkpoint is None:
+            show_error("There is no trained model yet: press Train U-Net first.")
+            return None
+        path = Path(path)
+        if path.suffix != ".pt":
+            path = path.with_name(path.name + ".pt")
+        try:
+            save_checkpoint(path, self.checkpoint)
+        except OSError as error:
+            show_error(f"Could not save the model to {path}: {error}. Choose another folder.")
+            return None
+        show_info(f"Model saved to {path}.")
+        return path
+
+
+def _disconnect(slot: Any) -> None:
+    try:
+        trained_models.changed.disconnect(slot)
+    except (TypeError, ValueError):  # already gone
+        pass

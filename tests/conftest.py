@@ -1,0 +1,31 @@
+"""Shared fixtures. Widget tests run a real napari viewer (headless under Xvfb)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_trained_models_between_tests():
+    """The session's model list is global; every test starts and ends without models."""
+    yield
+    common = sys.modules.get("napari_unet._widgets._common")
+    if common is not None:
+        common.trained_models.clear()
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    messages: list[str] = []
+
+    def keep(event):
+        messages.append(event.message)
+
+    notification_manager.notification_ready.connect(keep)
+    yield messages
+    notification_manager.notification_ready.disconnect(keep)

@@ -1,0 +1,451 @@
+"""The Segment dock widget, run through its real thread worker in a real viewer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from napari.utils.notifications import NotificationSeverity, notification_manager
+
+import napari_unet._widgets.segment as segment_module
+from napari_unet._widgets._common import PLUGIN_NAME, trained_models
+from napari_unet._widgets.segment import FILE_CHOICE
+from napari_unet.checkpoint import Checkpoint, save_checkpoint
+from napari_unet.inference import InferenceConfig, predict, tile_starts
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.synthetic import make_touching_nuclei
+
+TIMEOUT_MS = 60_000  # generous: the test machine is small and shared
+
+
+# -- fixtures and helpers -----------------------------------------------------------------
+
+
+def tiny_checkpoint(mode: str = "instances", **config) -> Checkpoint:
+    # Seed 1 gives an untrained net whose foreground covers about half the image,
+    # so the provisional masks visibly change from tile to tile.
+    torch.manual_seed(1)
+    model = UNet(UNetConfig(depth=2, base_channels=4, **config))
+    return Checkpoint.from_model(model, mode=mode)
+
+
+def expected(checkpoint: Checkpoint, image, tile: int | None = None, **kwargs):
+    config = InferenceConfig(tile_shape=(tile, tile) if tile else None, device="cpu")
+    return predict(
+        checkpoint.build_model(),
+        image,
+        mode=checkpoint.mode,
+        normalization=checkpoint.normalization,
+        config=config,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def nuclei() -> np.ndarray:
+    return make_touching_nuclei((160, 200), seed=0)[0]
+
+
+@pytest.fixture
+def notifications():
+    """Every napari notification dispatched during the test."""
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def errors(seen) -> list[str]:
+    return [n.message for n in seen if n.severity == NotificationSeverity.ERROR]
+
+
+def infos(seen) -> list[str]:
+    return [n.message for n in seen if n.severity == NotificationSeverity.INFO]
+
+
+def open_widget(viewer):
+    _, gui = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Segment")
+    return gui
+
+
+def file_row_shown(gui) -> bool:
+    # ``visible`` is False for any widget of an unshown window; isHidden is not.
+    return not gui.model_file.native.isHidden()
+
+
+def session_of(gui):
+    return gui.session.value
+
+
+def run_and_wait(qtbot, gui, **values):
+    """Set widget values, press Run and wait until the worker has finished."""
+    for name, value in values.items():
+        getattr(gui, name).value = value
+    worker = gui()
+    assert worker is not None
+    session = session_of(gui)
+    qtbot.waitUntil(lambda: not session.busy and session.job is None, timeout=TIMEOUT_MS)
+    return worker
+
+
+def gate_after_first_tile(monkeypatch):
+    """Make the worker wait after its first tile until released or asked to stop.
+
+    Without it a tiny model may finish every tile before the main thread has
+    handled the first one. Returns (release event, list of yielded tiles).
+    """
+    real = segment_module.predict_generator
+    release, tiles = threading.Event(), []
+
+    def gated(*args, should_stop, **kwargs):
+        generator = real(*args, should_stop=should_stop, **kwargs)
+        first = next(generator)
+        tiles.append(first)
+        yield first
+        while not release.is_set() and not should_stop():
+            release.wait(0.01)
+        return (yield from generator)
+
+    monkeypatch.setattr(segment_module, "predict_generator", gated)
+    return release, tiles
+
+
+# -- tests --------------------------------------------------------------------------------
+
+
+def test_dock_widget_opens_and_tracks_trained_models(make_napari_viewer):
+    viewer = make_napari_viewer()
+    gui = open_widget(viewer)
+    session = session_of(gui)
+    assert gui.model.choices == (FILE_CHOICE,)
+    assert file_row_shown(gui)
+    assert gui.call_button.enabled and not session.cancel_button.enabled
+    assert gui._result_widget is None  # no widget shows the returned worker
+    assert gui.session.native.isHidden()  # the bound state is not a user choice
+
+    name = trained_models.add(tiny_checkpoint(), "test model")
+    assert gui.model.choices == (name, FILE_CHOICE)
+    assert gui.model.value == name  # a model just trained is selected
+    assert not file_row_shown(gui)
+    newer = trained_models.add(tiny_checkpoint(), "test model")
+    assert gui.model.choices == (newer, name, FILE_CHOICE)  # newest first
+    gui.model.value = FILE_CHOICE
+    assert file_row_shown(gui)
+
+
+def test_segments_tile_by_tile_into_a_new_layer(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(nuclei, name="nuclei", scale=(0.5, 2.0), translate=(10.0, -5.0))
+    user_data = np.arange(nuclei.size, dtype=np.int32).reshape(nuclei.shape) % 7
+    user_layer = viewer.add_labels(user_data.copy(), name="nuclei segmentation")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+
+    gui.tile_size.value = 48
+    gui.probabilities.value = True
+    worker = gui()
+    output = viewer.layers[-1]
+    assert output is not user_layer and output.name != "nuclei segmentation"
+    assert output.name.startswith("nuclei segmentation")
+    assert not gui.call_button.enabled and session_of(gui).cancel_button.enabled
+    snapshots = []
+    output.events.set_data.connect(lambda: snapshots.append(np.array(output.data)))
+    session = session_of(gui)
+    qtbot.waitUntil(lambda: not session.busy and session.job is None, timeout=TIMEOUT_MS)
+    assert gui.call_button.enabled and not session.cancel_button.enabled
+    assert type(worker).__name__ == "GeneratorWorker"
+
+    reference = expected(checkpoint, nuclei, tile=48, return_probabilities=True)
+    np.testing.assert_array_equal(output.data, reference.labels)
+    assert output.data.dtype == np.uint32
+    # The mask filled in tile by tile: provisional foreground (label 1) growing.
+    provisional = [s for s in snapshots if s.max() <= 1]
+    assert len(provisional) >= 5
+    counts = [int(np.count_nonzero(s)) for s in provisional]
+    assert counts == sorted(counts) and len(set(counts)) >= 5
+    assert 0 < counts[0] < counts[-1]
+    assert session.status.value.startswith("Done")
+    for layer in (output, viewer.layers["nuclei probabilities"]):
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+    probabilities = viewer.layers["nuclei probabilities"]
+    np.testing.assert_allclose(probabilities.data, 1.0 - reference.probabilities[0], atol=1e-6)
+    # Probabilities sit below the segmentation so the labels stay visible.
+    assert viewer.layers.index(probabilities) == viewer.layers.index(output) - 1
+    # The user's layer is untouched and nothing else was added.
+    np.testing.assert_array_equal(user_layer.data, user_data)
+    assert len(viewer.layers) == 4
+
+
+def test_stack_is_segmented_plane_by_plane(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    stack = np.stack([make_touching_nuclei((64, 80), seed=seed)[0] for seed in range(3)])
+    image = viewer.add_image(stack, name="movie", scale=(3.0, 0.5, 0.5), translate=(1, 2, 3))
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+
+    viewer.dims.set_point(0, 7.0)  # world 7 = translate 1 + scale 3 * plane 2
+
+    gui.tile_size.value = 32
+    gui()
+    output = viewer.layers["movie segmentation"]
+    snapshots = []
+    output.events.set_data.connect(lambda: snapshots.append(np.array(output.data)))
+    session = session_of(gui)
+    qtbot.waitUntil(lambda: not session.busy and session.job is None, timeout=TIMEOUT_MS)
+
+    assert output.data.shape == stack.shape
+    reference = expected(checkpoint, stack, tile=32).labels
+    np.testing.assert_array_equal(output.data, reference)
+    assert reference.max() > 1
+    # Only tiles of the plane on screen redraw the layer while it runs.
+    per_plane = len(tile_starts(64, 32, 4)) * len(tile_starts(80, 32, 4))
+    provisional = [s for s in snapshots if s.max() <= 1]
+    assert len(provisional) == per_plane
+    assert provisional[0][:2].any()  # planes 0 and 1 were done (and drawn silently)
+    np.testing.assert_allclose(output.scale, image.scale)
+    np.testing.assert_allclose(output.translate, image.translate)
+
+
+def test_rgb_image_with_three_channel_model(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    rgb = np.stack([nuclei, nuclei // 2, nuclei[::-1]], axis=-1)
+    image = viewer.add_image(rgb, name="colour", rgb=True, scale=(2.0, 2.0))
+    checkpoint = tiny_checkpoint(in_channels=3)
+    trained_models.add(checkpoint, "rgb model")
+    gui = open_widget(viewer)
+
+    run_and_wait(qtbot, gui, tile_size=64)
+
+    output = viewer.layers["colour segmentation"]
+    assert output.data.shape == nuclei.shape
+    reference = expected(checkpoint, rgb, tile=64, channel_axis=-1)
+    np.testing.assert_array_equal(output.data, reference.labels)
+    np.testing.assert_allclose(output.scale, image.scale)
+
+
+def test_multichannel_layer_uses_the_channel_axis(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    channels = np.stack([nuclei, nuclei[:, ::-1]])  # (C, H, W), not RGB
+    viewer.add_image(channels, name="two colours", scale=(5.0, 0.5, 0.25))
+    checkpoint = tiny_checkpoint(in_channels=2)
+    trained_models.add(checkpoint, "two-channel model")
+    gui = open_widget(viewer)
+
+    run_and_wait(qtbot, gui, tile_size=64)
+
+    output = viewer.layers["two colours segmentation"]
+    reference = expected(checkpoint, channels, tile=64, channel_axis=0)
+    np.testing.assert_array_equal(output.data, reference.labels)
+    np.testing.assert_allclose(output.scale, (0.5, 0.25))  # the channel axis is gone
+
+
+def test_semantic_model_gives_classes_and_one_probability_layer_per_class(
+    make_napari_viewer, qtbot, nuclei
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="tissue")
+    checkpoint = tiny_checkpoint(mode="semantic", n_classes=3)
+    trained_models.add(checkpoint, "classes")
+    gui = open_widget(viewer)
+
+    run_and_wait(qtbot, gui, tile_size=64, probabilities=True)
+
+    output = viewer.layers["tissue segmentation"]
+    reference = expected(checkpoint, nuclei, tile=64, return_probabilities=True)
+    np.testing.assert_array_equal(output.data, reference.labels)
+    assert output.data.dtype == np.uint16
+    assert set(np.unique(output.data)) <= {1, 2, 3}
+    for k, name in enumerate(checkpoint.class_names):
+        layer = viewer.layers[f"tissue probabilities ({name})"]
+        np.testing.assert_allclose(layer.data, reference.probabilities[k], atol=1e-6)
+    assert len(viewer.layers) == 2 + 3
+
+
+def test_checkpoint_file(make_napari_viewer, qtbot, nuclei, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    checkpoint = tiny_checkpoint()
+    save_checkpoint(tmp_path / "m.pt", checkpoint)
+    gui = open_widget(viewer)
+    assert gui.model.value == FILE_CHOICE
+
+    run_and_wait(qtbot, gui, model_file=tmp_path / "m.pt", tile_size=64)
+
+    output = viewer.layers["nuclei segmentation"]
+    np.testing.assert_array_equal(output.data, expected(checkpoint, nuclei, tile=64).labels)
+    assert errors(notifications) == []
+
+
+def test_corrupt_checkpoint_file_is_reported(make_napari_viewer, nuclei, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    (tmp_path / "broken.pt").write_bytes(b"not a model at all")
+    gui = open_widget(viewer)
+    gui.model_file.value = tmp_path / "broken.pt"
+
+    assert gui() is None
+
+    assert len(viewer.layers) == 1
+    (message,) = errors(notifications)
+    assert "broken.pt" in message and "not a readable model file" in message
+
+
+def test_cancel_keeps_the_finished_tiles(
+    make_napari_viewer, qtbot, nuclei, monkeypatch, notifications
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+    session = session_of(gui)
+    release, tiles = gate_after_first_tile(monkeypatch)
+
+    gui.tile_size.value = 16  # about a hundred tiles
+    worker = gui()
+    output = viewer.layers["nuclei segmentation"]
+    qtbot.waitUntil(lambda: session.progress.value >= 1, timeout=TIMEOUT_MS)
+    session.cancel_button.native.click()
+    assert not session.cancel_button.enabled
+    release.set()
+    started = time.perf_counter()
+    qtbot.waitUntil(lambda: not session.busy and session.job is None, timeout=1000)
+    assert not worker.is_running
+    assert time.perf_counter() - started < 1.0
+
+    (first,) = tiles
+    assert first.count > 50
+    rows, cols = first.region
+    done = np.zeros(nuclei.shape, bool)
+    done[rows, cols] = True
+    reference = expected(checkpoint, nuclei, tile=16).labels
+    assert np.count_nonzero(output.data) > 0
+    assert not output.data[~done].any()
+    np.testing.assert_array_equal(output.data[done] > 0, reference[done] > 0)
+    assert "Segmentation cancelled; the finished tiles are kept." in infos(notifications)
+    assert errors(notifications) == []
+    assert gui.call_button.enabled and not session.cancel_button.enabled
+
+
+@pytest.mark.parametrize("close", ["viewer", "widget"])
+def test_closing_stops_the_worker(make_napari_viewer, qtbot, nuclei, monkeypatch, close):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    trained_models.add(tiny_checkpoint(), "test model")
+    dock, gui = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Segment")
+    session = session_of(gui)
+    gate_after_first_tile(monkeypatch)  # never released: only stopping ends the run
+    gui.tile_size.value = 16
+
+    worker = gui()
+    qtbot.waitUntil(lambda: session.progress.value >= 1, timeout=TIMEOUT_MS)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    if close == "viewer":
+        viewer.close()
+    else:
+        viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: bool(finished), timeout=5000)
+    assert not worker.is_running
+    assert session.job is None and session.slot.worker is None
+    if close == "viewer":
+        # The destroyed widget left the shared model list: adding a model is safe.
+        qtbot.waitUntil(lambda: not session.alive, timeout=5000)
+        trained_models.add(tiny_checkpoint(), "another model")
+
+
+# -- problems become notifications and add no layer ---------------------------------------
+
+
+def test_no_image_layer(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    trained_models.add(tiny_checkpoint(), "test model")
+    gui = open_widget(viewer)
+
+    assert gui() is None
+
+    assert len(viewer.layers) == 0
+    (message,) = errors(notifications)
+    assert "no Image layer" in message
+
+
+def test_no_model(make_napari_viewer, nuclei, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    gui = open_widget(viewer)
+
+    assert gui() is None
+
+    assert len(viewer.layers) == 1
+    (message,) = errors(notifications)
+    assert "Train a model with the Train U-Net widget or choose a checkpoint file" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_requested_without_gpu(make_napari_viewer, nuclei, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    trained_models.add(tiny_checkpoint(), "test model")
+    gui = open_widget(viewer)
+    gui.device.value = "cuda"
+
+    assert gui() is None
+
+    assert len(viewer.layers) == 1
+    (message,) = errors(notifications)
+    assert "choose 'auto' or 'cpu'" in message
+
+
+def test_rgb_image_with_grey_model(make_napari_viewer, nuclei, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([nuclei] * 3, axis=-1), name="colour", rgb=True)
+    trained_models.add(tiny_checkpoint(), "grey model")
+    gui = open_widget(viewer)
+
+    assert gui() is None
+
+    assert len(viewer.layers) == 1
+    (message,) = errors(notifications)
+    assert "RGB" in message and "grey" in message
+
+
+def test_multichannel_model_on_grey_image(make_napari_viewer, nuclei, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    trained_models.add(tiny_checkpoint(in_channels=2), "two-channel model")
+    gui = open_widget(viewer)
+
+    assert gui() is None
+
+    assert len(viewer.layers) == 1
+    (message,) = errors(notifications)
+    assert "expects 2 channels" in message
+
+
+# RuntimeError matters: superqt would otherwise take it for a deleted worker.
+@pytest.mark.parametrize("error_type", [RuntimeError, OSError])
+def test_worker_error_is_a_notification(
+    make_napari_viewer, qtbot, nuclei, monkeypatch, notifications, error_type
+):
+    def failing(*args, **kwargs):
+        raise error_type("the disk went away")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(segment_module, "predict_generator", failing)
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    trained_models.add(tiny_checkpoint(), "test model")
+    gui = open_widget(viewer)
+
+    run_and_wait(qtbot, gui)
+
+    (message,) = errors(notifications)
+    assert "the disk went away" in message
+    assert gui.call_button.enabled and not session_of(gui).cancel_button.enabled
+    assert session_of(gui).status.value.startswith("Failed")

@@ -1,0 +1,243 @@
+"""The Train U-Net widget, with a real viewer and the real thread worker."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from _layers import assert_unchanged, layer_snapshot
+from napari_unet._widgets._common import PLUGIN_NAME, trained_models
+from napari_unet._widgets.train import FROM_FILE, TrainWidget
+from napari_unet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.synthetic import make_touching_nuclei
+
+
+@pytest.fixture
+def viewer_with_data(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, labels = make_touching_nuclei((96, 112), seed=0)
+    viewer.add_image(image, name="nuclei", scale=(0.5, 0.5), translate=(3, 4))
+    viewer.add_labels(labels, name="nuclei labels", scale=(0.5, 0.5), translate=(3, 4))
+    return viewer
+
+
+def short(widget: TrainWidget, steps: int = 3) -> None:
+    widget.budget_unit.value = "steps"
+    widget.budget.value = steps
+
+
+def run_to_end(qtbot, widget: TrainWidget, timeout: int = 60_000):
+    worker = widget.start()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        pass
+    return worker
+
+
+def test_opens_from_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Train U-Net")
+    assert isinstance(widget, TrainWidget)
+
+
+def test_trains_a_model_through_the_worker(qtbot, viewer_with_data, notes):
+    viewer = viewer_with_data
+    widget = TrainWidget(viewer)
+    assert widget.rows[0].image.value.name == "nuclei"
+    assert widget.rows[0].labels_box.value.name == "nuclei labels"
+    short(widget, steps=4)
+    events = []
+    worker = widget.start()
+    worker.yielded.connect(events.append)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert widget.checkpoint is not None
+    assert widget.checkpoint.metadata["steps"] == 4
+    assert widget.model_name in trained_models.names()
+    assert widget.start_from.value == widget.model_name  # ready to fine-tune
+    assert widget.plot.steps == [1, 2, 3, 4]
+    assert widget.progress.value == widget.progress.max
+    assert widget.train_button.enabled and not widget.stop_button.enabled
+    assert any("Training finished after 4 steps" in note for note in notes)
+    # The user's layers are untouched.
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei labels"]
+
+
+def test_stop_ends_training_within_a_second_and_keeps_the_model(qtbot, viewer_with_data, notes):
+    widget = TrainWidget(viewer_with_data)
+    widget.budget_unit.value = "minutes"
+    widget.budget.value = 10
+    worker = widget.start()
+    steps = []
+    worker.yielded.connect(lambda event: steps.append(getattr(event, "step", None)))
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=60_000)
+    started = time.perf_counter()
+    with qtbot.waitSignal(worker.finished, timeout=5_000):
+        widget.stop_button.clicked.emit()
+    assert time.perf_counter() - started < 1.0
+    assert widget.checkpoint is not None, notes
+    assert widget.checkpoint.metadata["stop_reason"] == "stopped"
+
+
+def test_fine_tunes_the_model_just_trained(qtbot, viewer_with_data):
+    widget = TrainWidget(viewer_with_data)
+    short(widget, steps=2)
+    run_to_end(qtbot, widget)
+    first = widget.model_name
+    # The user corrects the labels, then trains again from the current model.
+    viewer_with_data.layers["nuclei labels"].data[:5, :5] = 0
+    run_to_end(qtbot, widget)
+    assert widget.model_name != first
+    assert widget.checkpoint.metadata["fine_tuned_from"]["steps"] == 2
+    assert trained_models.names()[:2] == [widget.model_name, first]
+
+
+def test_partial_annotation_with_a_region_layer_and_live_preview(qtbot, viewer_with_data):
+    viewer = viewer_with_data
+    regions = viewer.add_shapes(
+        [np.array([[0, 0], [0, 60], [50, 60], [50, 0]]) * 2.0 * 0.5], scale=(0.5, 0.5)
+    )
+    widget = TrainWidget(viewer)
+    widget.rows[0].regions.value = regions
+    widget.live_preview.value = True
+    widget.preview_every.value = 2
+    short(widget, steps=4)
+    run_to_end(qtbot, widget)
+    preview = viewer.layers["nuclei training preview"]
+    assert preview.data.shape == (96, 112)
+    assert tuple(preview.scale) == (0.5, 0.5) and tuple(preview.translate) == (3, 4)
+
+
+def test_save_model_writes_a_loadable_checkpoint(qtbot, viewer_with_data, tmp_path):
+    widget = TrainWidget(viewer_with_data)
+    short(widget, steps=2)
+    run_to_end(qtbot, widget)
+    path = widget.save_model(tmp_path / "nuclei")
+    assert path == tmp_path / "nuclei.pt"
+    loaded = load_checkpoint(path)
+    assert loaded.metadata["steps"] == 2
+    torch.testing.assert_close(loaded.state_dict, widget.checkpoint.state_dict)
+
+
+def test_two_pairs_and_a_validation_pair(qtbot, viewer_with_data):
+    viewer = viewer_with_data
+    image, labels = make_touching_nuclei((96, 112), seed=5)
+    viewer.add_image(image, name="second")
+    viewer.add_labels(labels, name="second labels")
+    widget = TrainWidget(viewer)
+    widget.add_pair_button.clicked.emit()
+    assert len(widget.rows) == 2
+    widget.rows[1].image.value = viewer.layers["second"]
+    assert widget.rows[1].labels_box.value.name == "second labels"
+    widget.validation_image.value = viewer.layers["second"]
+    widget.validation_labels.value = viewer.layers["second labels"]
+    short(widget, steps=2)
+    run_to_end(qtbot, widget)
+    assert widget.checkpoint.metadata["data_shapes"] == [[1, 96, 112], [1, 96, 112]]
+
+
+def test_starts_from_a_checkpoint_file(qtbot, viewer_with_data, tmp_path):
+    torch.manual_seed(0)
+    initial = Checkpoint.from_model(UNet(UNetConfig(depth=2, base_channels=4)))
+    save_checkpoint(tmp_path / "start.pt", initial)
+    widget = TrainWidget(viewer_with_data)
+    widget.start_from.value = FROM_FILE
+    assert not widget.model_file.native.isHidden()
+    widget.model_file.value = tmp_path / "start.pt"
+    short(widget, steps=1)
+    run_to_end(qtbot, widget)
+    assert widget.checkpoint.model_config.base_channels == 4
+
+
+# -- errors: a notification that says what to do, and no layer changes --------------------
+
+
+def test_no_layers(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    assert widget.start() is None
+    assert "Open an image" in notes[-1]
+    assert len(viewer.layers) == 0
+
+
+def test_labels_shape_differs_from_image(viewer_with_data, notes):
+    viewer = viewer_with_data
+    viewer.add_labels(np.ones((50, 50), np.int32), name="other labels")
+    before = layer_snapshot(viewer)
+    widget = TrainWidget(viewer)
+    widget.rows[0].labels_box.value = viewer.layers["other labels"]
+    assert widget.start() is None
+    assert "Choose the Labels layer painted on this image" in notes[-1]
+    assert_unchanged(viewer, before)
+
+
+def test_no_annotation(viewer_with_data, notes):
+    viewer = viewer_with_data
+    viewer.add_labels(np.zeros((96, 112), np.int32), name="nuclei empty")
+    before = layer_snapshot(viewer)
+    widget = TrainWidget(viewer)
+    widget.rows[0].labels_box.value = viewer.layers["nuclei empty"]
+    assert widget.start() is None
+    assert "No annotation found" in notes[-1]
+    assert_unchanged(viewer, before)
+
+
+def test_checkpoint_from_another_mode(viewer_with_data, notes, tmp_path):
+    semantic = Checkpoint.from_model(UNet(UNetConfig(depth=2, base_channels=4)), mode="semantic")
+    save_checkpoint(tmp_path / "semantic.pt", semantic)
+    before = layer_snapshot(viewer_with_data)
+    widget = TrainWidget(viewer_with_data)
+    widget.start_from.value = FROM_FILE
+    widget.model_file.value = tmp_path / "semantic.pt"
+    assert widget.mode.value == "instances"
+    assert widget.start() is None
+    assert "trained in semantic mode" in notes[-1]
+    assert_unchanged(viewer_with_data, before)
+
+
+def test_corrupt_checkpoint_file(viewer_with_data, notes, tmp_path):
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    widget = TrainWidget(viewer_with_data)
+    widget.start_from.value = FROM_FILE
+    widget.model_file.value = tmp_path / "broken.pt"
+    assert widget.start() is None
+    assert "broken.pt" in notes[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_but_absent(viewer_with_data, notes):
+    before = layer_snapshot(viewer_with_data)
+    widget = TrainWidget(viewer_with_data)
+    widget.device.value = "cuda"
+    assert widget.start() is None
+    assert "cuda" in notes[-1].lower() and "cpu" in notes[-1]
+    assert_unchanged(viewer_with_data, before)
+
+
+def test_engine_errors_become_notifications(qtbot, viewer_with_data, notes):
+    # The engine, not the widget, rejects negative ids: its message reaches the user.
+    labels = viewer_with_data.layers["nuclei labels"].data.astype(np.int32)
+    labels[0, 0] = -1
+    viewer_with_data.add_labels(labels, name="nuclei negative")
+    widget = TrainWidget(viewer_with_data)
+    widget.rows[0].labels_box.value = viewer_with_data.layers["nuclei negative"]
+    short(widget, steps=1)
+    run_to_end(qtbot, widget)
+    assert widget.checkpoint is None
+    assert notes[-1].startswith("Training could not run:")
+    assert widget.train_button.enabled
+
+
+def test_closing_the_viewer_stops_training(qtbot, viewer_with_data):
+    widget = TrainWidget(viewer_with_data)
+    viewer_with_data.window.add_dock_widget(widget)
+    widget.budget_unit.value = "minutes"
+    widget.budget.value = 10
+    worker = widget.start()
+    qtbot.waitUntil(lambda: len(widget.plot.steps) > 0, timeout=60_000)
+    with qtbot.waitSignal(worker.finished, timeout=5_000):
+        viewer_with_data.close()
