@@ -230,6 +230,7 @@ class TrainWidget(Container):
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
         self.preview_every.visible = False
+        self.budget.native.setDecimals(1)
         self.slot = WorkerSlot()
         self.checkpoint: Checkpoint | None = None  # the last model trained here
         self.model_name: str | None = None
@@ -265,9 +266,11 @@ class TrainWidget(Container):
 
     def _budget_unit_changed(self, unit: str) -> None:
         if unit == "steps":
+            self.budget.native.setDecimals(0)
             self.budget.min, self.budget.step = 1, 50
             self.budget.value = 500
         else:
+            self.budget.native.setDecimals(1)
             self.budget.min, self.budget.step = 0.1, 0.5
             self.budget.value = 2.0
 
