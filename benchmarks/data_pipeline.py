@@ -1,0 +1,113 @@
+"""Share of the training step spent on preparing data, default model, on the CPU.
+
+Three timings in one run, on the DSB 2018 nuclei image (rows 0-255), with the
+default TrainConfig (380x380 tiles, elastic deformation, rotation, flips and
+gray-value augmentation, depth-4 base-16 network, Adam):
+
+- model only: training steps on tiles drawn beforehand (no data work at all);
+- data only: drawing augmented tiles, nothing else;
+- pipeline: the real training loop, where a background thread draws the
+  tiles while the model trains (``data_wait_fraction`` is the share of the
+  loop spent waiting for a tile).
+
+"naive share" is what drawing tiles in the training thread would cost
+(data / (data + model)); "overhead" is the real cost of the pipeline
+(pipeline / model - 1), which also counts the tile thread competing with
+PyTorch for the two cores. Goal (issue 3): under 10%.
+
+Usage: python benchmarks/data_pipeline.py [--data-dir ../shared/data] [--steps 150] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _data import add_data_argument, data_directory, read_nuclei
+
+from napari_unet.device import resolve_device
+from napari_unet.training import (
+    TrainConfig,
+    TrainingProgress,
+    _make_sampler,
+    _step,
+    prepare_training_data,
+    train_generator,
+)
+
+SPLIT = 256
+
+
+def model_only(data, config: TrainConfig, steps: int) -> float:
+    model_config = config.model_config(data.in_channels, data.n_classes)
+    from napari_unet.model import UNet
+
+    torch.manual_seed(0)
+    model = UNet(model_config).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    sampler = _make_sampler(data, model_config, config.tile_size, config, seed=0)
+    tiles = [sampler.draw() for _ in range(min(steps, 20))]
+    device = resolve_device("cpu")
+    _step(model, optimizer, *tiles[0], device, None)  # warm-up
+    start = time.perf_counter()
+    for i in range(steps):
+        _step(model, optimizer, *tiles[i % len(tiles)], device, None)
+    return (time.perf_counter() - start) / steps
+
+
+def data_only(data, config: TrainConfig, steps: int) -> float:
+    model_config = config.model_config(data.in_channels, data.n_classes)
+    sampler = _make_sampler(data, model_config, config.tile_size, config, seed=1)
+    sampler.draw()
+    start = time.perf_counter()
+    for _ in range(steps):
+        sampler.draw()
+    return (time.perf_counter() - start) / steps
+
+
+def pipeline(image, labels, config: TrainConfig, steps: int) -> tuple[float, float]:
+    events = train_generator([(image, labels)], config)
+    first = last = None
+    for event in events:
+        if isinstance(event, TrainingProgress):
+            if event.step == 10:  # after warm-up, as in the other two timings
+                first = event
+            last = event
+    timed = last.step - first.step
+    per_step = (last.elapsed - first.elapsed) / timed
+    return per_step, last.data_wait_fraction
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(parser)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    image, labels = read_nuclei(data_directory(args.data_dir))
+    image, labels = image[:SPLIT], labels[:SPLIT]
+    config = TrainConfig(steps=args.steps + 10, device="cpu", seed=0)
+    data = prepare_training_data([(image, labels)])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
+    rows = []
+    for _ in range(args.repeats):
+        model = model_only(data, config, args.steps)
+        tiles = data_only(data, config, args.steps)
+        real, wait = pipeline(image, labels, config, args.steps)
+        rows.append((model, tiles, real, wait))
+    print("| repeat | model only, ms/step | data only, ms/tile | pipeline, ms/step | naive share "
+          "| overhead | waiting for tiles |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for i, (model, tiles, real, wait) in enumerate(rows, start=1):
+        print(
+            f"| {i} | {model * 1e3:.0f} | {tiles * 1e3:.1f} | {real * 1e3:.0f} | "
+            f"{tiles / (tiles + model):.1%} | {real / model - 1:+.1%} | {wait:.1%} |"
+        )
+    overhead = statistics.median(real / model - 1 for model, _, real, _ in rows)
+    print(f"median overhead of the data pipeline: {overhead:+.1%} (goal < 10%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Training time-to-accuracy on the DSB 2018 nuclei image, on the CPU.
+
+Train the default model (depth 4, 16 base channels, Adam, instances mode with
+the paper's weight map) on rows 0-255 of ``dsb2018-nuclei`` for a wall-clock
+budget of 1, 2 and 5 minutes, then segment rows 256-511 (never seen in
+training) and score them against the true nuclei:
+
+- AP@0.5 and AP@0.75: TP / (TP + FP + FN) at IoU thresholds 0.5 and 0.75
+  (the Data Science Bowl score);
+- touching pairs kept apart: of the pairs of true nuclei that touch each
+  other, the share whose two nuclei are both matched (IoU >= 0.5, one-to-one)
+  to two distinct predicted objects.
+
+Baseline in the same table: Otsu threshold + distance-transform watershed
+(scikit-image), its one parameter (the minimum distance between markers)
+chosen on the training rows. Goal (issue 5): AP@0.5 >= 0.90 within 5 CPU
+minutes.
+
+Usage: python benchmarks/training.py [--data-dir ../shared/data] [--minutes 1 2 5]
+       [--repeats 1] [--plot docs/images/training-time-to-accuracy.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _data import add_data_argument, data_directory, read_nuclei
+from scipy import ndimage as ndi
+
+from napari_unet import InferenceConfig, TrainConfig, average_precision, predict
+from napari_unet.metrics import match_instances
+from napari_unet.training import TrainingProgress, train_generator
+
+SPLIT = 256
+
+
+def touching_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
+    """Pairs of ids whose objects share an edge (4-connectivity)."""
+    pairs = set()
+    for first, second in (
+        (labels[1:, :], labels[:-1, :]),
+        (labels[:, 1:], labels[:, :-1]),
+    ):
+        touching = (first != second) & (first > 0) & (second > 0)
+        for a, b in zip(first[touching].tolist(), second[touching].tolist(), strict=True):
+            pairs.add((min(a, b), max(a, b)))
+    return pairs
+
+
+def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    matching = match_instances(true, pred, threshold=0.5)
+    matched = set(matching.matched_true_ids.tolist())
+    pairs = touching_pairs(true)
+    kept_apart = sum(a in matched and b in matched for a, b in pairs)
+    return {
+        "ap50": matching.average_precision,
+        "ap75": average_precision(true, pred, threshold=0.75),
+        "apart": kept_apart / max(len(pairs), 1),
+        "n_pairs": len(pairs),
+        "n_pred": matching.n_pred,
+    }
+
+
+def otsu_watershed(image: np.ndarray, min_distance: int) -> np.ndarray:
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.segmentation import watershed
+
+    smooth = gaussian(image.astype(np.float32), sigma=1, preserve_range=True)
+    mask = smooth > threshold_otsu(smooth)
+    distance = ndi.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=ndi.label(mask)[0])
+    markers = np.zeros(image.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=mask)
+
+
+def baseline(image: np.ndarray, labels: np.ndarray) -> tuple[int, dict[str, float]]:
+    """Pick min_distance on the training rows, score it on the evaluation rows."""
+    train_image, train_labels = image[:SPLIT], labels[:SPLIT]
+    best = max(
+        (3, 5, 7, 9, 11, 15),
+        key=lambda d: average_precision(train_labels, otsu_watershed(train_image, d)),
+    )
+    return best, score(labels[SPLIT:], otsu_watershed(image[SPLIT:], best))
+
+
+def run(image: np.ndarray, labels: np.ndarray, minutes: float, seed: int) -> dict:
+    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device="cpu")
+    generator = train_generator([(image[:SPLIT], labels[:SPLIT])], config)
+    curve: list[tuple[float, float]] = []
+    wait = 0.0
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if isinstance(event, TrainingProgress):
+            curve.append((event.elapsed, event.loss))
+            wait = event.data_wait_fraction
+    start = time.perf_counter()
+    checkpoint = result.checkpoint
+    prediction = predict(
+        result.model,
+        image[SPLIT:],
+        normalization=checkpoint.normalization,
+        config=InferenceConfig(device="cpu"),
+    )
+    seconds = time.perf_counter() - start
+    scores = score(labels[SPLIT:], prediction.labels)
+    return {**scores, "steps": result.steps, "wait": wait, "curve": curve, "predict_s": seconds}
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def plot(runs: dict[float, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for minutes, results in sorted(runs.items()):
+        elapsed, loss = np.array(results[0]["curve"]).T
+        kernel = np.ones(25) / 25
+        smooth = np.convolve(loss, kernel, mode="valid") if len(loss) > 25 else loss
+        loss_axis.plot(elapsed[len(elapsed) - len(smooth) :] / 60, smooth, label=f"{minutes:g} min")
+    loss_axis.set(xlabel="training time (min)", ylabel="loss (moving mean of 25 steps)")
+    loss_axis.set_yscale("log")
+    loss_axis.legend(title="budget")
+    budgets = sorted(runs)
+    for key, name in (("ap50", "AP@0.5"), ("ap75", "AP@0.75"), ("apart", "touching pairs apart")):
+        medians = [statistics.median(r[key] for r in runs[m]) for m in budgets]
+        ap_axis.plot(budgets, medians, marker="o", label=name)
+    ap_axis.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    ap_axis.set(xlabel="training budget (CPU minutes)", ylabel="score on rows 256-511", ylim=(0, 1))
+    ap_axis.legend(loc="lower right")
+    figure.suptitle("U-Net on DSB 2018 nuclei, 2 CPU threads (benchmarks/training.py)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(parser)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0, 5.0])
+    parser.add_argument("--repeats", type=int, default=1, help="runs per budget (seeds 0..N-1)")
+    parser.add_argument("--plot", type=Path, help="save loss curves and scores as a PNG")
+    args = parser.parse_args()
+    image, labels = read_nuclei(data_directory(args.data_dir))
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    min_distance, base = baseline(image, labels)
+    runs: dict[float, list[dict]] = {}
+    for minutes in args.minutes:
+        runs[minutes] = [run(image, labels, minutes, seed) for seed in range(args.repeats)]
+    n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"
+    print(f"\nrows 256-511, {base['n_pairs']} touching pairs of true nuclei; {n}")
+    print("| method | steps | AP@0.5 | AP@0.75 | touching pairs apart | data wait |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        f"| Otsu + distance-transform watershed (min_distance {min_distance}) | - | "
+        f"{base['ap50']:.3f} | {base['ap75']:.3f} | {base['apart']:.3f} | - |"
+    )
+    for minutes, results in runs.items():
+        steps = statistics.median(r["steps"] for r in results)
+        print(
+            f"| U-Net, {minutes:g} min | {steps:.0f} | "
+            + " | ".join(spread([r[key] for r in results]) for key in ("ap50", "ap75", "apart"))
+            + f" | {statistics.median(r['wait'] for r in results):.1%} |"
+        )
+    best = max(statistics.median(r["ap50"] for r in runs[m]) for m in runs)
+    print(f"best AP@0.5: {best:.3f} (goal >= 0.90 within 5 CPU minutes)")
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"plot saved to {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
