@@ -123,6 +123,31 @@ def test_save_model_writes_a_loadable_checkpoint(qtbot, viewer_with_data, tmp_pa
     torch.testing.assert_close(loaded.state_dict, widget.checkpoint.state_dict)
 
 
+def test_save_dialog_remembers_the_folder(qtbot, viewer_with_data, tmp_path, monkeypatch):
+    from qtpy.QtCore import QSettings
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_unet._widgets import train
+
+    store = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    monkeypatch.setattr(train, "settings_store", lambda: store)
+    offered = []
+
+    def dialog(parent, title, suggestion, filters):
+        offered.append(suggestion)
+        return str(tmp_path / "models" / "first.pt"), filters
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", dialog)
+    (tmp_path / "models").mkdir()
+    widget = TrainWidget(viewer_with_data)
+    short(widget, steps=1)
+    run_to_end(qtbot, widget)
+    widget.save_button.clicked.emit()
+    widget.save_button.clicked.emit()
+    assert (tmp_path / "models" / "first.pt").is_file()
+    assert offered[1] == str(tmp_path / "models" / "unet-model.pt")
+
+
 def test_two_pairs_and_a_validation_pair(qtbot, viewer_with_data):
     viewer = viewer_with_data
     image, labels = make_touching_nuclei((96, 112), seed=5)

@@ -522,12 +522,15 @@ class TrainWidget(Container):
     def _ask_and_save(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
+        # The only setting kept between napari launches: where models were saved.
+        settings = settings_store()
+        folder = Path(str(settings.value("model_folder", str(Path.home()))))
         # The dialog asks before replacing an existing file.
         path, _ = QFileDialog.getSaveFileName(
-            self.native, "Save the U-Net model", "unet-model.pt", "U-Net model (*.pt)"
+            self.native, "Save the U-Net model", str(folder / "unet-model.pt"), "U-Net model (*.pt)"
         )
-        if path:
-            self.save_model(path)
+        if path and self.save_model(path) is not None:
+            settings.setValue("model_folder", str(Path(path).parent))
 
     def save_model(self, path: str | Path) -> Path | None:
         """Save the last trained model to ``path`` (atomically); return the path."""
@@ -546,6 +549,13 @@ class TrainWidget(Container):
             return None
         show_info(f"Model saved to {path}.")
         return path
+
+
+def settings_store() -> Any:
+    """Return the plugin's QSettings (per user, kept between napari launches)."""
+    from qtpy.QtCore import QSettings
+
+    return QSettings("napari-unet-segmentation", "napari-unet-segmentation")
 
 
 def _disconnect(slot: Any) -> None:
