@@ -91,8 +91,11 @@ def baseline(image: np.ndarray, labels: np.ndarray) -> tuple[int, dict[str, floa
     return best, score(labels[SPLIT:], otsu_watershed(image[SPLIT:], best))
 
 
-def run(image: np.ndarray, labels: np.ndarray, minutes: float, seed: int) -> dict:
-    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device="cpu")
+def run(
+    image: np.ndarray, labels: np.ndarray, minutes: float, seed: int, **settings: object
+) -> dict:
+    """Train on rows 0-255 for ``minutes``, score rows 256-511; ``settings`` go to TrainConfig."""
+    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device="cpu", **settings)
     generator = train_generator([(image[:SPLIT], labels[:SPLIT])], config)
     curve: list[tuple[float, float]] = []
     wait = 0.0
