@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 import napari_unet._widgets.segment as segment_module
@@ -157,7 +158,7 @@ def test_segments_tile_by_tile_into_a_new_layer(make_napari_viewer, qtbot, nucle
     session = session_of(gui)
     qtbot.waitUntil(lambda: not session.busy and session.job is None, timeout=TIMEOUT_MS)
     assert gui.call_button.enabled and not session.cancel_button.enabled
-    assert type(worker).__name__ == "GeneratorWorker"
+    assert isinstance(worker, GeneratorWorker)  # napari's own, as in the other widgets
 
     reference = expected(checkpoint, nuclei, tile=48, return_probabilities=True)
     np.testing.assert_array_equal(output.data, reference.labels)
@@ -447,5 +448,55 @@ def test_worker_error_is_a_notification(
 
     (message,) = errors(notifications)
     assert "the disk went away" in message
+    assert error_type.__name__ in message and "try the cpu device" in message
     assert gui.call_button.enabled and not session_of(gui).cancel_button.enabled
     assert session_of(gui).status.value.startswith("Failed")
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei segmentation"]
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (RuntimeError("CUDA error: unspecified launch failure"), "try the cpu device"),
+        (ValueError("the tile is too small"), "could not run: the tile is too small"),
+        (MemoryError(), "set a smaller tile size, or choose the cpu device"),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory"), "set a smaller tile size"),
+    ],
+    ids=["RuntimeError", "ValueError", "MemoryError", "OutOfMemoryError"],
+)
+def test_worker_error_after_some_tiles_keeps_them(
+    make_napari_viewer, qtbot, nuclei, monkeypatch, notifications, error, says
+):
+    real = segment_module.predict_generator
+    tiles = []
+
+    def failing(*args, **kwargs):
+        generator = real(*args, **kwargs)
+        tiles.append(next(generator))
+        yield tiles[0]
+        raise error
+
+    monkeypatch.setattr(segment_module, "predict_generator", failing)
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+
+    run_and_wait(qtbot, gui, tile_size=64)
+
+    (message,) = errors(notifications)
+    assert says in message
+    session = session_of(gui)
+    assert gui.call_button.enabled and not session.cancel_button.enabled
+    assert session.status.value.startswith("Failed")
+    # The first tile stays drawn; nothing else was added or drawn.
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei segmentation"]
+    output = viewer.layers["nuclei segmentation"]
+    (first,) = tiles
+    done = np.zeros(nuclei.shape, bool)
+    done[first.region] = True
+    reference = expected(checkpoint, nuclei, tile=64).labels
+    assert np.count_nonzero(output.data) > 0
+    assert not output.data[~done].any()
+    np.testing.assert_array_equal(output.data[done] > 0, reference[done] > 0)

@@ -33,8 +33,8 @@ def short(widget: TrainWidget, steps: int = 3) -> None:
 def run_to_end(qtbot, widget: TrainWidget, timeout: int = 60_000):
     worker = widget.start()
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
+    # Wait on the widget's state: a fast failure may finish before a signal wait begins.
+    qtbot.waitUntil(lambda: not widget.slot.running, timeout=timeout)
     return worker
 
 

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from napari.qt.threading import GeneratorWorker
 
+import napari_unet._widgets.weight_map as weight_map_module
 from _layers import assert_unchanged, layer_snapshot
 from napari_unet._widgets._common import PLUGIN_NAME, UserError
 from napari_unet._widgets.weight_map import (
@@ -268,8 +270,46 @@ def test_an_error_in_the_worker_becomes_a_notification(make_napari_viewer, qtbot
     _, widget, preview = open_widget(viewer)
     qtbot.waitUntil(lambda: widget.status.value.startswith("failed"), timeout=TIMEOUT_MS)
     settle(qtbot, preview)
-    assert any("negative values" in n for n in notes)
+    # One notification, with the core's message (which says what to fix).
+    (message,) = notes
+    assert message.startswith("The weight map preview of 'nuclei labels' could not run:")
+    assert "negative values" in message
     assert_unchanged(viewer, before)
+
+
+# RuntimeError matters: superqt would otherwise take it for a deleted worker.
+@pytest.mark.parametrize("error_type", [RuntimeError, MemoryError])
+def test_an_error_after_some_planes_keeps_them(
+    make_napari_viewer, qtbot, labels, notes, monkeypatch, error_type
+):
+    calls = []
+
+    def fail_on_second_plane(plane, **kwargs):
+        calls.append(plane)
+        if len(calls) == 2:  # only once
+            raise error_type("out of luck")
+        return boundary_weight_map(plane, **kwargs)
+
+    monkeypatch.setattr(weight_map_module, "boundary_weight_map", fail_on_second_plane)
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.stack([labels, labels]), name="nuclei labels")
+    _, widget, preview = open_widget(viewer)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("failed"), timeout=TIMEOUT_MS)
+    settle(qtbot, preview)
+
+    (message,) = notes
+    assert f"failed ({error_type.__name__}: out of luck)" in message
+    assert "Try a smaller image or fewer planes" in message
+    data = viewer.layers[OUTPUT].data
+    np.testing.assert_allclose(data[0], boundary_weight_map(labels, 10, 5), rtol=1e-6)
+    assert not data[1].any()
+    assert len(viewer.layers) == 2
+    # The preview is not stuck: the next change computes the map again.
+    widget.w0.value = 3.0
+    settle(qtbot, preview)
+    expected = boundary_weight_map(labels, 3, 5)
+    np.testing.assert_allclose(viewer.layers[OUTPUT].data, np.stack([expected] * 2), rtol=1e-6)
+    assert widget.status.value == "done: plane 2/2"
 
 
 def large_stack():
@@ -285,6 +325,7 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot):
     _, _, preview = open_widget(viewer)
     qtbot.waitUntil(lambda: preview.run is not None, timeout=TIMEOUT_MS)
     run = preview.run
+    assert isinstance(run.worker, GeneratorWorker)  # napari's own, as in the other widgets
     planes = []
     run.worker.yielded.connect(planes.append)
 

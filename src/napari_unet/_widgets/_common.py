@@ -180,19 +180,27 @@ class Failure:
 
     error: Exception
 
-    def message(self, action: str) -> str:
-        """One sentence for a notification; the engines' errors say what to do."""
+    def message(self, action: str, advice: str = "") -> str:
+        """One sentence for a notification; the engines' errors say what to do.
+
+        ``advice`` follows an unexpected error, whose message says nothing to do.
+        """
+        if isinstance(self.error, UserError):
+            return str(self.error)
         if isinstance(self.error, (ValueError, TypeError)):
             return f"{action} could not run: {self.error}"
-        return f"{action} failed ({type(self.error).__name__}: {self.error})."
+        message = f"{action} failed ({type(self.error).__name__}: {self.error})."
+        return f"{message} {advice}" if advice else message
 
 
 def guarded(events: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
     """Pass ``events`` through; turn an exception into a returned :class:`Failure`.
 
     napari's workers re-raise unhandled errors in the event loop and show a
-    second, bare notification; returning the error lets the widget show one
-    message that says what to do. The traceback goes to the log.
+    second, bare notification, and superqt's take a RuntimeError for a deleted
+    worker (no ``errored``, no ``finished``: the widget would stay busy).
+    Returning the error lets the widget's ``returned`` handler show one message
+    that says what to do. The traceback goes to the log.
     """
     try:
         return (yield from events)
@@ -265,7 +273,18 @@ class _CloseWatcher(QObject):
         return False
 
 
-def stop_when_closed(widget: QWidget, slot: WorkerSlot) -> None:
-    """Stop ``slot``'s worker when ``widget`` closes, leaves its dock or is destroyed."""
-    _CloseWatcher(widget, slot.close)
-    widget.destroyed.connect(lambda *_: slot.close())
+def stop_when_closed(
+    widget: QWidget, slot: WorkerSlot, on_close: Callable[[], None] | None = None
+) -> None:
+    """Stop ``slot``'s worker when ``widget`` closes, leaves its dock or is destroyed.
+
+    ``on_close``, if given, is called then too (possibly more than once).
+    """
+
+    def close() -> None:
+        slot.close()
+        if on_close is not None:
+            on_close()
+
+    _CloseWatcher(widget, close)
+    widget.destroyed.connect(lambda *_: close())

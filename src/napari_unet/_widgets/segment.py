@@ -10,7 +10,6 @@ provisional ones when the worker returns. Cancel stops after the current tile
 and keeps the finished tiles.
 """
 
-import logging
 import threading
 import time
 from collections.abc import Generator
@@ -27,8 +26,10 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_unet._widgets._common import (
+    Failure,
     UserError,
     WorkerSlot,
+    guarded,
     image_array,
     placement,
     stop_when_closed,
@@ -41,9 +42,7 @@ from napari_unet.inference import InferenceConfig, Prediction, TileResult, predi
 # No ``from __future__ import annotations`` in this module: magicgui reads the
 # annotations of ``segment_widget`` (the return one included) as real types.
 
-__all__ = ["FILE_CHOICE", "SegmentationError", "segment_widget"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["FILE_CHOICE", "segment_widget"]
 
 #: Last entry of the model list: use the file chosen under "model file".
 FILE_CHOICE = "checkpoint file…"
@@ -56,10 +55,6 @@ def _model_choices(_widget: Any = None) -> list[str]:
 
 
 # -- one run ------------------------------------------------------------------------------
-
-
-class SegmentationError(Exception):
-    """Inference failed in the worker; the original error is chained."""
 
 
 @dataclass
@@ -96,10 +91,9 @@ class _Job:
         return tuple(int(i) for i in np.unravel_index(plane, self.plane_shape))
 
 
-def _segment(job: _Job) -> Generator[TileResult, None, Prediction]:
-    """Worker body: the inference generator, with memory errors turned into advice."""
-    # The network is built here, off the main thread; only the generator's frame
-    # holds it, so closing the generator releases it (and its GPU memory).
+def _predict(job: _Job) -> Generator[TileResult, None, Prediction]:
+    # The network is built here, off the main thread; only the engine generator's
+    # frame holds it, so closing that generator releases it (and its GPU memory).
     job.tiles = predict_generator(
         job.checkpoint.build_model(),
         job.data,
@@ -110,18 +104,22 @@ def _segment(job: _Job) -> Generator[TileResult, None, Prediction]:
         return_probabilities=job.probabilities,
         should_stop=job.stop_event.is_set,
     )
-    try:
-        return (yield from job.tiles)
-    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
-        raise UserError(
-            f"Out of memory while segmenting {job.image_name!r} on {job.device}: set a "
-            f"smaller tile size, or choose the cpu device."
-        ) from error
-    except RuntimeError as error:
-        # superqt's GeneratorWorker takes a RuntimeError from the generator for a
-        # deleted worker: it warns and emits neither ``errored`` nor ``finished``,
-        # so the widget would stay busy for ever. Torch raises RuntimeError often.
-        raise SegmentationError(f"{type(error).__name__}: {error}") from error
+    return (yield from job.tiles)
+
+
+def _segment(job: _Job) -> Generator[TileResult, None, Prediction | Failure]:
+    """Worker body: the tiles, then the prediction or a Failure (memory errors as advice)."""
+    result = yield from guarded(_predict(job))
+    if isinstance(result, Failure) and isinstance(
+        result.error, (torch.cuda.OutOfMemoryError, MemoryError)
+    ):
+        return Failure(
+            UserError(
+                f"Out of memory while segmenting {job.image_name!r} on {job.device}: set a "
+                f"smaller tile size, or choose the cpu device."
+            )
+        )
+    return result
 
 
 # -- choices -> job (main thread) ---------------------------------------------------------
@@ -273,14 +271,15 @@ class _Session:
         except UserError as error:
             show_error(str(error))
             return None
-        worker = create_worker(_segment, job, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(_segment, job, _start_thread=False)
         worker.yielded.connect(self.on_tile)
         worker.returned.connect(self.on_returned)
-        worker.errored.connect(self.on_errored)
-        worker.aborted.connect(self.on_aborted)
         worker.finished.connect(self.on_finished)
         self.job = job
-        self._set_running(True, f"Segmenting {job.image_name!r}…")
+        self.gui.call_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"Segmenting {job.image_name!r}…"
+        self.progress.value = 0
         self.slot.start(worker, job.stop_event)
         return worker
 
@@ -352,15 +351,6 @@ class _Session:
             self.cancel_button.enabled = False
             self.status.value = "Cancelling after the current tile…"
 
-    def _set_running(self, running: bool, message: str) -> None:
-        if not self.alive:
-            return
-        self.gui.call_button.enabled = not running
-        self.cancel_button.enabled = running
-        self.status.value = message
-        if running:
-            self.progress.value = 0
-
     # -- worker callbacks (main thread)
 
     def on_tile(self, tile: TileResult) -> None:
@@ -408,24 +398,36 @@ class _Session:
         point = job.labels_layer.world_to_data(dims.point)
         return all(int(np.round(p)) == i for p, i in zip(point[: len(index)], index, strict=True))
 
-    def on_returned(self, prediction: Prediction) -> None:
-        """Show the final labels (and probabilities); say if the run was cancelled."""
+    def on_returned(self, result: Prediction | Failure) -> None:
+        """Show the final labels (and probabilities); say if the run was cancelled or failed."""
         job = self.job
         if job is None:
             return
+        if isinstance(result, Failure):
+            # The tiles drawn so far stay in the layer.
+            show_error(
+                result.message(
+                    f"Segmentation of {job.image_name!r}",
+                    advice="The tiles finished so far are kept; check that the model suits "
+                    "the image, or try the cpu device.",
+                )
+            )
+            if self.alive:
+                self.status.value = "Failed."
+            return
         # The final ids replace the provisional mask in one assignment.
-        job.labels_layer.data = prediction.labels
-        if job.probabilities and prediction.probabilities is not None:
-            self._add_probabilities(job, prediction.probabilities)
+        job.labels_layer.data = result.labels
+        if job.probabilities and result.probabilities is not None:
+            self._add_probabilities(job, result.probabilities)
         seconds = time.perf_counter() - job.started_at
-        if prediction.completed:
+        if result.completed:
             message = f"Done in {seconds:.1f} s."
         else:
             message = "Cancelled; the finished tiles are kept."
             show_info("Segmentation cancelled; the finished tiles are kept.")
         if self.alive:
             self.status.value = message
-            if prediction.completed:
+            if result.completed:
                 self.progress.value = self.progress.max
 
     def _add_probabilities(self, job: _Job, probabilities: np.ndarray) -> None:
@@ -458,39 +460,13 @@ class _Session:
             else:
                 layers.append(layer)
 
-    def on_errored(self, error: Exception) -> None:
-        """Say what failed and reset the widget; the tiles drawn so far stay.
-
-        napari 0.9's workers do not relay errors to notifications themselves
-        (their notifying mixin's ``__init__`` is never called), so this does.
-        """
-        job = self.job
-        name = job.image_name if job is not None else "the image"
-        logger.error("Segmentation of %r failed", name, exc_info=error)
-        if isinstance(error, UserError):
-            message = str(error)
-        else:
-            cause = f"{type(error).__name__}: {error}"
-            if isinstance(error, SegmentationError):
-                cause = str(error)
-            message = (
-                f"Segmentation of {name!r} failed ({cause}). The tiles finished so far are "
-                f"kept; check that the model suits the image, or try the cpu device."
-            )
-        show_error(message)
-        self._set_running(False, "Failed.")
-
-    def on_aborted(self) -> None:
-        """Reset after the worker was quit (widget or viewer closed, napari's activity list)."""
-        self._set_running(False, "Stopped; the tiles drawn so far are kept.")
-
     def on_finished(self) -> None:
         """Release the network and free GPU memory; re-enable Run."""
         job, self.job = self.job, None
         if job is not None:
             if job.tiles is not None:
-                # After an abort the generator is still suspended and holds the
-                # network: close it now rather than whenever it is collected.
+                # After napari quits the worker (viewer closing) the generator is still
+                # suspended and holds the network: close it now, not when collected.
                 job.tiles.close()
                 job.tiles = None
             if job.device.type == "cuda":

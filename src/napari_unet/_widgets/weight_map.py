@@ -22,7 +22,6 @@ viewer is changed only in the worker's callbacks, on the main thread.
 # annotation of a string-annotated function by importing it, which fails for a
 # class of this module.
 
-import logging
 import threading
 import weakref
 from collections.abc import Callable, Generator, Hashable
@@ -37,11 +36,12 @@ from magicgui.widgets import FunctionGui, Label
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
-from superqt.utils import GeneratorWorker
 
 from napari_unet._widgets._common import (
+    Failure,
     UserError,
     WorkerSlot,
+    guarded,
     labels_array,
     placement,
     stop_when_closed,
@@ -49,8 +49,6 @@ from napari_unet._widgets._common import (
 from napari_unet.weights import boundary_weight_map
 
 __all__ = ["weight_map_planes", "weight_map_widget"]
-
-logger = logging.getLogger(__name__)
 
 #: Key in the output layer's ``metadata``: the ``unique_id`` of its Labels layer.
 METADATA_KEY = "napari_unet_weight_map_of"
@@ -219,21 +217,11 @@ class _Run:
     peak: float = 0.0
 
 
-class _ClosingSlot(WorkerSlot):
-    """A :class:`WorkerSlot` whose ``stop`` also shuts the preview down.
-
-    ``stop_when_closed`` calls ``stop`` when the dock widget closes or is
-    destroyed with the viewer; restarts with new parameters set the run's stop
-    event directly and never call it.
-    """
-
-    def __init__(self, on_stop: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_stop = on_stop
-
-    def stop(self) -> None:
-        super().stop()
-        self._on_stop()
+def _weight_map_events(
+    labels: np.ndarray, **options: Any
+) -> Generator[PlaneWeights, None, Summary | Failure]:
+    """Worker body: the planes, then the summary or a Failure."""
+    return (yield from guarded(weight_map_planes(labels, **options)))
 
 
 class _Preview:
@@ -247,7 +235,7 @@ class _Preview:
     def __init__(self, widget: FunctionGui, status: Label) -> None:
         self._widget = widget
         self._status = status
-        self._slot = _ClosingSlot(self._close)
+        self._slot = WorkerSlot()
         self.run: _Run | None = None
         self._latest: _Request | None = None
         self._pending = False
@@ -268,7 +256,7 @@ class _Preview:
         self._restart.setSingleShot(True)
         self._restart.setInterval(0)
         self._restart.timeout.connect(self._start_latest)
-        stop_when_closed(widget.native, self._slot)
+        stop_when_closed(widget.native, self._slot, on_close=self._close)
         # Show the map as soon as the widget opens (once it is docked and sees the
         # viewer), not only after the first change of a parameter.
         self._debounce.start(0)
@@ -337,17 +325,12 @@ class _Preview:
             return
         run = _Run(request, labels.shape)
         worker = create_worker(
-            weight_map_planes,
+            _weight_map_events,
             labels,
             w0=request.w0,
             sigma=request.sigma,
             class_weights="balanced" if request.balance_classes else None,
             stop_event=run.stop_event,
-            # superqt's worker, not napari's subclass, which would also relay any
-            # error as a second, bare notification: `_on_errored` shows one that
-            # says what to do. Handling `errored` keeps superqt from re-raising.
-            _worker_class=GeneratorWorker,
-            _connect={"errored": partial(self._on_errored, run)},
             _start_thread=False,
         )
         worker.yielded.connect(partial(self._on_plane, run))
@@ -371,10 +354,24 @@ class _Preview:
         run.layer.refresh()
         self._set_status(f"done: plane {plane.index + 1}/{plane.n_planes}")
 
-    def _on_returned(self, run: _Run, summary: Summary) -> None:
-        if run is not self.run or self._closed or summary.stopped:
+    def _on_returned(self, run: _Run, result: Summary | Failure) -> None:
+        if run is not self.run or self._closed:
             return
         name = run.request.labels.name if run.request.labels is not None else ""
+        if isinstance(result, Failure):
+            # The planes shown so far stay.
+            message = result.message(
+                f"The weight map preview of {name!r}",
+                advice="Try a smaller image or fewer planes; if that does not help, report "
+                "this message as a bug.",
+            )
+            self._set_status(f"failed: {result.error}")
+            self._last_notice = message
+            show_error(message)
+            return
+        summary = result
+        if summary.stopped:
+            return
         if summary.no_objects:
             self._notify(
                 show_warning,
@@ -397,24 +394,6 @@ class _Preview:
             )
         else:
             self._last_notice = None  # a later problem is news again
-
-    def _on_errored(self, run: _Run, error: BaseException) -> None:
-        if run is not self.run or self._closed:
-            return
-        name = run.request.labels.name if run.request.labels is not None else ""
-        logger.error("weight map of %r failed", name, exc_info=error)
-        if isinstance(error, (ValueError, TypeError)):
-            # The core's input checks: their message says what to fix.
-            message = f"The weight map of {name!r} could not be computed: {error}"
-        else:
-            message = (
-                f"The weight map of {name!r} could not be computed "
-                f"({type(error).__name__}: {error}). Try a smaller image or fewer planes; "
-                f"if that does not help, report this message as a bug."
-            )
-        self._set_status(f"failed: {error}")
-        self._last_notice = message
-        show_error(message)
 
     def _on_finished(self, run: _Run) -> None:
         if run is self.run:
