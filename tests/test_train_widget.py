@@ -112,6 +112,25 @@ def test_partial_annotation_with_a_region_layer_and_live_preview(qtbot, viewer_w
     assert tuple(preview.scale) == (0.5, 0.5) and tuple(preview.translate) == (3, 4)
 
 
+def test_elastic_deformation_can_be_switched_off(qtbot, viewer_with_data, monkeypatch):
+    from napari_unet.training import TrainConfig
+
+    seen = []
+    original = TrainConfig.__post_init__
+
+    def spy(self):
+        seen.append(self.augment.elastic_std)
+        original(self)
+
+    monkeypatch.setattr(TrainConfig, "__post_init__", spy)
+    widget = TrainWidget(viewer_with_data)
+    widget.elastic.value = False
+    short(widget, steps=1)
+    run_to_end(qtbot, widget)
+    assert seen and seen[-1] == 0.0
+    assert widget.checkpoint is not None
+
+
 def test_save_model_writes_a_loadable_checkpoint(qtbot, viewer_with_data, tmp_path):
     widget = TrainWidget(viewer_with_data)
     short(widget, steps=2)

@@ -188,6 +188,14 @@ class TrainWidget(Container):
         self.model_file = FileEdit(label="model file", filter="*.pt", visible=False)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"])
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS))
+        self.elastic = CheckBox(
+            text="elastic deformation",
+            value=True,
+            tooltip=(
+                "Warp training tiles randomly, as in the paper: it teaches invariance to "
+                "shape changes, which new images need, but slows fitting in short runs."
+            ),
+        )
         self.live_preview = CheckBox(
             text="live preview", tooltip="Segment the visible plane every N steps."
         )
@@ -215,6 +223,7 @@ class TrainWidget(Container):
                 self.model_file,
                 self.device,
                 self.optimizer,
+                self.elastic,
                 self.live_preview,
                 self.preview_every,
                 Container(
@@ -288,6 +297,7 @@ class TrainWidget(Container):
 
     def _collect(self) -> TrainingRequest:
         """Read the widget into arrays; raise UserError with what to do."""
+        from napari_unet.augment import AugmentConfig
         from napari_unet.checkpoint import load_checkpoint
         from napari_unet.device import resolve_device
         from napari_unet.training import TrainConfig
@@ -380,6 +390,7 @@ class TrainWidget(Container):
             minutes=minutes,
             base_channels=MODEL_SIZES[self.model_size.value],
             optimizer=OPTIMIZERS[self.optimizer.value],
+            augment=AugmentConfig() if self.elastic.value else AugmentConfig(elastic_std=0.0),
             device=self.device.value,
         )
         preview = preview_layer = None
