@@ -23,7 +23,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_unet.device import cpu_has_amx, cpu_has_native_bf16
+from napari_unet.device import cpu_has_amx
 from napari_unet.model import UNet, UNetConfig
 
 
@@ -74,8 +74,7 @@ def main() -> None:
     peak = 2 * n**3 / min(matmul)
     achieved = flops / statistics.median(channels_last)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, AMX: {cpu_has_amx()}, "
-        f"native bf16: {cpu_has_native_bf16()}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, AMX: {cpu_has_amx()}; "
         f"input {args.size}x{args.size}, {flops / 1e9:.1f} GFLOP per forward"
     )
     print("| variant | seconds, median (min-max) | vs float32 contiguous |")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_unet import device as device_module
-from napari_unet.device import autocast_dtype, cpu_has_amx, cpu_has_native_bf16, resolve_device
+from napari_unet.device import autocast_dtype, cpu_has_amx, resolve_device
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -105,21 +105,15 @@ def test_cpu_has_amx_is_a_bool():
     assert isinstance(cpu_has_amx(), bool)
 
 
-def test_cpu_has_native_bf16_is_a_bool_and_includes_amx(monkeypatch):
-    assert isinstance(cpu_has_native_bf16(), bool)
-    monkeypatch.setattr(device_module, "cpu_has_amx", lambda: True)
-    assert cpu_has_native_bf16()
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_cpu_auto_uses_bf16_only_with_native_bf16(monkeypatch, native):
-    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
-    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if native else None)
-    assert autocast_dtype(CPU) == (torch.bfloat16 if native else None)
+@pytest.mark.parametrize("amx", [True, False])
+def test_cpu_auto_uses_bf16_only_with_amx(monkeypatch, amx):
+    monkeypatch.setattr(device_module, "cpu_has_amx", lambda: amx)
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if amx else None)
+    assert autocast_dtype(CPU) == (torch.bfloat16 if amx else None)
 
 
 def test_cpu_auto_on_this_machine():
-    expected = torch.bfloat16 if cpu_has_native_bf16() else None
+    expected = torch.bfloat16 if cpu_has_amx() else None
     assert autocast_dtype(CPU, "auto") == expected
 
 

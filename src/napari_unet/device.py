@@ -4,11 +4,13 @@
 only where it is both safe and faster:
 
 - CUDA: bfloat16 autocast where the GPU supports it, else float16.
-- CPU: bfloat16 autocast only when the processor computes bfloat16 in
-  hardware: AMX tiles or AVX512-BF16. Measured on 2 cores, bf16 was 2-4.8x
-  faster than float32 on a CPU with AMX and 1.4-1.8x faster (training step,
-  forward pass) on an AMD EPYC with AVX512-BF16 and no AMX, with the same
-  labels; it was slower (up to 20x) on a CPU with AVX2 only, which emulates it.
+- CPU: bfloat16 autocast only when the processor has AMX tiles. Measured on
+  2 cores, bf16 was 2-4.8x faster than float32 on a CPU with AMX, but slower
+  (up to 20x with AVX2 only) on CPUs without it. On an AVX512-BF16 CPU
+  without AMX it was 1.7-1.8x faster for inference, but training gained only
+  about 9% more steps, because the faster model left the augmentation thread
+  competing for the 2 cores (9-26% of each step, over the 10% budget); "auto"
+  keeps float32 there, and ``precision="bf16"`` asks for it explicitly.
 - MPS: float32.
 
 Examples
@@ -27,7 +29,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Precision", "autocast_dtype", "cpu_has_amx", "cpu_has_native_bf16", "resolve_device"]
+__all__ = ["Precision", "autocast_dtype", "cpu_has_amx", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +78,6 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    try:
-        avx512_bf16 = bool(probe()) if probe is not None else False
-    except RuntimeError:  # pragma: no cover - depends on the build
-        avx512_bf16 = False
-    return avx512_bf16 or cpu_has_amx()
-
-
 def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
     """Return the autocast dtype to use on ``device``, or None for float32.
 
@@ -111,7 +103,7 @@ def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch
             return torch.bfloat16
         if precision == "fp16":
             raise ValueError("float16 autocast is not supported on the CPU; use 'bf16' or 'fp32'.")
-        return torch.bfloat16 if cpu_has_native_bf16() else None
+        return torch.bfloat16 if cpu_has_amx() else None
     if precision != "auto":
         raise ValueError(f"Mixed precision is not supported on {device.type}; use 'fp32'.")
     return None
