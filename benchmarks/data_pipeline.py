@@ -16,6 +16,7 @@ gray-value augmentation, depth-4 base-16 network, Adam):
 PyTorch for the two cores. Goal (issue 3): under 10%.
 
 Usage: python benchmarks/data_pipeline.py [--data-dir ../shared/data] [--steps 150] [--repeats 3]
+       [--precision auto|fp32|bf16]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 import torch
 from _data import add_data_argument, data_directory, read_nuclei
 
-from napari_unet.device import resolve_device
+from napari_unet.device import autocast_dtype, resolve_device
 from napari_unet.training import (
     TrainConfig,
     TrainingProgress,
@@ -50,10 +51,11 @@ def model_only(data, config: TrainConfig, steps: int) -> float:
     sampler = _make_sampler(data, model_config, config.tile_size, config, seed=0)
     tiles = [sampler.draw() for _ in range(min(steps, 20))]
     device = resolve_device("cpu")
-    _step(model, optimizer, *tiles[0], device, None)  # warm-up
+    amp = autocast_dtype(device, config.precision)  # the same precision as the real loop
+    _step(model, optimizer, *tiles[0], device, amp)  # warm-up
     start = time.perf_counter()
     for i in range(steps):
-        _step(model, optimizer, *tiles[i % len(tiles)], device, None)
+        _step(model, optimizer, *tiles[i % len(tiles)], device, amp)
     return (time.perf_counter() - start) / steps
 
 
@@ -85,10 +87,11 @@ def main() -> None:
     add_data_argument(parser)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
     image, labels = read_nuclei(data_directory(args.data_dir))
     image, labels = image[:SPLIT], labels[:SPLIT]
-    config = TrainConfig(steps=args.steps + 10, device="cpu", seed=0)
+    config = TrainConfig(steps=args.steps + 10, device="cpu", seed=0, precision=args.precision)
     data = prepare_training_data([(image, labels)])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
     rows = []
