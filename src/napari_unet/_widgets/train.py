@@ -110,7 +110,11 @@ class PairRow(Container):
 
 @dataclass
 class TrainingRequest:
-    """Everything the worker needs, as arrays: no layers cross into the thread."""
+    """One training run's arrays and settings (the worker never touches a layer).
+
+    ``preview_layer_of`` is the layer whose plane is previewed; only the main
+    thread uses it, to place the preview layer.
+    """
 
     pairs: list[tuple[np.ndarray, np.ndarray]]
     masks: list[np.ndarray | None]
@@ -120,7 +124,7 @@ class TrainingRequest:
     config: Any
     preview: np.ndarray | None
     preview_every: int
-    preview_layer_of: Any  # the Image layer whose plane is previewed
+    preview_layer_of: Any  # main thread only
     image_names: list[str]
 
 
