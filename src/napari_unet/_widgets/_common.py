@@ -50,10 +50,20 @@ def spatial_shape(layer: napari.layers.Image) -> tuple[int, ...]:
     return shape[:-1] if channel_axis == -1 else shape
 
 
-def placement(layer: napari.layers.Layer, ndim: int) -> dict[str, Any]:
-    """``scale`` and ``translate`` of ``layer``'s last ``ndim`` axes, for a new layer."""
-    scale = tuple(layer.scale)[-ndim:]
-    translate = tuple(layer.translate)[-ndim:]
+def placement(
+    layer: napari.layers.Layer, ndim: int, channel_axis: int | None = None
+) -> dict[str, Any]:
+    """``scale`` and ``translate`` of ``layer``'s last ``ndim`` axes, for a new layer.
+
+    A ``channel_axis`` that is one of the layer's own axes (a multi-channel
+    layer that is not RGB) is left out first; an RGB layer's colour axis is
+    not a layer axis, so it needs no care.
+    """
+    axes = list(range(layer.ndim))
+    if channel_axis is not None and not getattr(layer, "rgb", False):
+        axes.remove(channel_axis % layer.ndim)
+    scale = tuple(layer.scale[axis] for axis in axes)[-ndim:]
+    translate = tuple(layer.translate[axis] for axis in axes)[-ndim:]
     return {"scale": scale, "translate": translate}
 
 

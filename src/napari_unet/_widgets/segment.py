@@ -184,20 +184,6 @@ def _channel_axis(
     return preferred if preferred in matches else matches[0]
 
 
-def _out_placement(
-    layer: napari.layers.Image, channel_axis: int | None, ndim: int
-) -> dict[str, Any]:
-    """Scale and translate of the output: the input's, without a channel axis."""
-    if channel_axis is None or layer.rgb:
-        return placement(layer, ndim)
-    # A non-RGB channel axis is a layer axis too: drop its entry.
-    keep = [axis for axis in range(layer.ndim) if axis != channel_axis]
-    return {
-        "scale": tuple(layer.scale[axis] for axis in keep)[-ndim:],
-        "translate": tuple(layer.translate[axis] for axis in keep)[-ndim:],
-    }
-
-
 # -- the widget's state -------------------------------------------------------------------
 
 
@@ -316,7 +302,7 @@ class _Session:
             tile_shape=(tile_size, tile_size) if tile_size > 0 else None,
             device=str(resolved),
         )
-        out_placement = _out_placement(image, channel_axis, len(out_shape))
+        out_placement = placement(image, len(out_shape), channel_axis)
         dtype = np.uint32 if checkpoint.mode == "instances" else np.uint16
         # A new layer every run (napari makes the name unique): never overwrite
         # the user's layers or an earlier result.
