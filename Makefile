@@ -44,7 +44,7 @@ lint: venv
 # recorded in docs/benchmarks.md (about 1.5 hours). Both read ../shared/data.
 bench: venv
 	$(PY) -m pip install --quiet -e ".[benchmarks]"
-	$(PY) benchmarks/weight_map.py --repeats 3 --reference-repeats 1
+	$(PY) benchmarks/weight_map.py --repeats 2
 	$(PY) benchmarks/inference.py --sizes 1024 --repeats 1
 	$(PY) benchmarks/cpu_options.py --repeats 3
 	$(PY) benchmarks/inference_memory.py --size 4096
@@ -55,8 +55,8 @@ bench: venv
 
 bench-full: venv
 	$(PY) -m pip install --quiet -e ".[benchmarks]"
-	$(PY) benchmarks/weight_map.py --repeats 10
-	$(PY) benchmarks/inference.py --repeats 2
+	$(PY) benchmarks/weight_map.py --repeats 5
+	$(PY) benchmarks/inference.py --repeats 3
 	$(PY) benchmarks/cpu_options.py --repeats 5
 	$(PY) benchmarks/inference_memory.py --size 8192
 	$(PY) benchmarks/data_pipeline.py --steps 150 --repeats 3

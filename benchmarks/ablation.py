@@ -19,6 +19,7 @@ import argparse
 import statistics
 
 from _data import add_data_argument, data_directory, read_nuclei
+from _report import spread
 from training import run
 
 from napari_unet.augment import AugmentConfig
@@ -42,13 +43,14 @@ def main() -> None:
         name: [run(image, labels, args.minutes, seed, **settings) for seed in range(args.repeats)]
         for name, settings in VARIANTS.items()
     }
-    print(f"\n{args.minutes:g} CPU minutes per run, {args.repeats} run(s) per variant (median)")
+    n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"
+    print(f"\n{args.minutes:g} CPU minutes per run; {n} per variant")
     print("| variant | steps | AP@0.5 | AP@0.75 | touching pairs apart |")
     print("|---|---:|---:|---:|---:|")
     for name, runs in results.items():
-        cells = [statistics.median(r[key] for r in runs) for key in ("ap50", "ap75", "apart")]
+        cells = [spread([r[key] for r in runs]) for key in ("ap50", "ap75", "apart")]
         steps = statistics.median(r["steps"] for r in runs)
-        print(f"| {name} | {steps:.0f} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        print(f"| {name} | {steps:.0f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

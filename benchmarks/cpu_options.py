@@ -21,6 +21,7 @@ import statistics
 import time
 
 import torch
+from _report import spread
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_unet.device import cpu_has_amx
@@ -35,10 +36,6 @@ def timings(function, repeats: int) -> list[float]:
         function()
         result.append(time.perf_counter() - start)
     return result
-
-
-def describe(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main() -> None:
@@ -85,7 +82,7 @@ def main() -> None:
         ("float32, channels_last", channels_last),
         ("bfloat16 autocast, channels_last", bfloat16),
     ):
-        print(f"| {name} | {describe(values)} | {base / statistics.median(values):.2f}x |")
+        print(f"| {name} | {spread(values)} | {base / statistics.median(values):.2f}x |")
     print(f"bf16 labels agree with float32 on {agreement:.2%} of pixels")
     print(
         f"roofline: network {achieved / 1e9:.1f} GFLOP/s, float32 matmul {peak / 1e9:.1f} GFLOP/s "

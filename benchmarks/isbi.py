@@ -17,7 +17,7 @@ set, after 10 hours of training on a GPU with the 64-channel network; here the
 small network trains for minutes on two CPU cores and is scored on five of the
 training slices held out, so the figures are not comparable one to one.
 
-Usage: python benchmarks/isbi.py [--data-dir ../shared/data] [--minutes 5 20]
+Usage: python benchmarks/isbi.py [--data-dir ../shared/data] [--minutes 5 20] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 import numpy as np
 import torch
 from _data import add_data_argument, data_directory
+from _report import spread
 from scipy import ndimage as ndi
 
 from napari_unet import InferenceConfig, TrainConfig, predict, train
@@ -54,36 +55,52 @@ def read_isbi(directory) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(cells)
 
 
+def run(images: np.ndarray, cells: np.ndarray, minutes: float, seed: int) -> dict[str, float]:
+    """Train on slices 00-14 for ``minutes``, score slices 15-19."""
+    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device="cpu")
+    result = train([(images[list(TRAIN)], cells[list(TRAIN)])], config)
+    start = time.perf_counter()
+    prediction = predict(
+        result.model,
+        images[list(TEST)],
+        normalization=result.checkpoint.normalization,
+        config=InferenceConfig(device="cpu"),
+    )
+    seconds = time.perf_counter() - start
+    predicted = np.asarray(prediction.labels)
+    truth = cells[list(TEST)]
+    return {
+        "steps": result.steps,
+        "pixel": float(np.mean((predicted > 0) != (truth > 0))),
+        "rand": statistics.mean(
+            rand_error(true, pred) for true, pred in zip(truth, predicted, strict=True)
+        ),
+        "segment_s": seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 20.0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per budget (seeds 0..N-1)")
     args = parser.parse_args()
     images, cells = read_isbi(data_directory(args.data_dir))
-    train_pair = (images[list(TRAIN)], cells[list(TRAIN)])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    runs = {
+        minutes: [run(images, cells, minutes, seed) for seed in range(args.repeats)]
+        for minutes in args.minutes
+    }
+    n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"
+    print(f"\nslices 15-19; {n}")
     print("| training | steps | pixel error | Rand error (foreground-restricted) | segment s |")
     print("|---|---:|---:|---:|---:|")
-    for minutes in args.minutes:
-        config = TrainConfig(minutes=minutes, steps=None, seed=args.seed, device="cpu")
-        result = train([train_pair], config)
-        start = time.perf_counter()
-        prediction = predict(
-            result.model,
-            images[list(TEST)],
-            normalization=result.checkpoint.normalization,
-            config=InferenceConfig(device="cpu"),
-        )
-        seconds = time.perf_counter() - start
-        predicted = np.asarray(prediction.labels)
-        truth = cells[list(TEST)]
-        pixel = float(np.mean((predicted > 0) != (truth > 0)))
-        rand = statistics.mean(
-            rand_error(true, pred) for true, pred in zip(truth, predicted, strict=True)
-        )
+    for minutes, results in runs.items():
+        steps = statistics.median(r["steps"] for r in results)
         print(
-            f"| {minutes:g} CPU min | {result.steps} | {pixel:.4f} | {rand:.4f} | {seconds:.1f} |"
+            f"| {minutes:g} CPU min | {steps:.0f} | "
+            + " | ".join(spread([r[key] for r in results], 4) for key in ("pixel", "rand"))
+            + f" | {statistics.median(r['segment_s'] for r in results):.1f} |"
         )
 
 

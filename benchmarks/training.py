@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _data import add_data_argument, data_directory, read_nuclei
+from _report import spread
 from scipy import ndimage as ndi
 
 from napari_unet import InferenceConfig, TrainConfig, average_precision, predict
@@ -119,12 +120,6 @@ def run(
     seconds = time.perf_counter() - start
     scores = score(labels[SPLIT:], prediction.labels)
     return {**scores, "steps": result.steps, "wait": wait, "curve": curve, "predict_s": seconds}
-
-
-def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def plot(runs: dict[float, list[dict]], path: Path) -> None:
