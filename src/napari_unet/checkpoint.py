@@ -38,7 +38,14 @@ from napari_unet._atomic import atomic_destination
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_model_file",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 _MAGIC = "napari-unet-segmentation checkpoint"
@@ -187,3 +194,38 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path} has a damaged model description: {error}") from error
     checkpoint.build_model()  # strict key check now, so errors surface at load time
     return checkpoint
+
+
+def load_model_file(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a model file: a checkpoint (``.pt``) or a bioimage.io package (``.zip``).
+
+    Packages are those written by ``napari-unet export --format bioimageio``
+    and are read by :func:`napari_unet.bioimageio.load_package`, which refuses
+    unsafe or tampered packages. Anything else is read by
+    :func:`load_checkpoint`. Neither runs code from the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointError
+        If the file is not a readable model; a
+        :class:`~napari_unet.bioimageio.PackageError` for a refused package.
+    """
+    from napari_unet.bioimageio import is_package, load_package
+
+    path = Path(path)
+    if is_package(path) or (path.suffix.lower() == ".zip" and not _is_torch_file(path)):
+        return load_package(path)
+    return load_checkpoint(path)
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Tell whether ``path`` is in PyTorch's zip format (with ``<name>/data.pkl``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
