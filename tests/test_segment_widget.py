@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 import torch
+import zarr
 from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
@@ -268,15 +271,22 @@ def test_semantic_model_gives_classes_and_one_probability_layer_per_class(
     assert len(viewer.layers) == 2 + 3
 
 
-def test_checkpoint_file(make_napari_viewer, qtbot, nuclei, tmp_path, notifications):
+@pytest.mark.parametrize("kind", ["checkpoint", "bioimageio"])
+def test_model_file(make_napari_viewer, qtbot, nuclei, tmp_path, notifications, kind):
     viewer = make_napari_viewer()
     viewer.add_image(nuclei, name="nuclei")
     checkpoint = tiny_checkpoint()
-    save_checkpoint(tmp_path / "m.pt", checkpoint)
+    if kind == "checkpoint":
+        path = tmp_path / "m.pt"
+        save_checkpoint(path, checkpoint)
+    else:
+        from napari_unet.export import export_bioimageio
+
+        path = export_bioimageio(checkpoint, tmp_path / "m.zip")
     gui = open_widget(viewer)
     assert gui.model.value == FILE_CHOICE
 
-    run_and_wait(qtbot, gui, model_file=tmp_path / "m.pt", tile_size=64)
+    run_and_wait(qtbot, gui, model_file=path, tile_size=64)
 
     output = viewer.layers["nuclei segmentation"]
     np.testing.assert_array_equal(output.data, expected(checkpoint, nuclei, tile=64).labels)
@@ -385,7 +395,7 @@ def test_no_model(make_napari_viewer, nuclei, notifications):
 
     assert len(viewer.layers) == 1
     (message,) = errors(notifications)
-    assert "Train a model with the Train U-Net widget or choose a checkpoint file" in message
+    assert "Train a model with the Train U-Net widget or choose a model file" in message
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -500,3 +510,108 @@ def test_worker_error_after_some_tiles_keeps_them(
     assert np.count_nonzero(output.data) > 0
     assert not output.data[~done].any()
     np.testing.assert_array_equal(output.data[done] > 0, reference[done] > 0)
+
+
+# -- dask, zarr and multiscale images: segmented block by block into a zarr store -----------
+
+
+def test_dask_image_is_segmented_into_a_zarr_backed_layer(
+    make_napari_viewer, qtbot, nuclei, tmp_path, notifications
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="small")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+    assert gui.zarr_folder.native.isHidden()  # an in-memory image needs no folder
+    lazy = da.from_array(nuclei, chunks=(64, 64))
+    image = viewer.add_image(lazy, name="big", scale=(0.5, 2.0), translate=(10.0, -5.0))
+    gui.image.value = image
+    assert not gui.zarr_folder.native.isHidden()
+
+    run_and_wait(qtbot, gui, tile_size=48, probabilities=True, zarr_folder=tmp_path)
+
+    output = viewer.layers["big segmentation"]
+    assert isinstance(output.data, zarr.Array)  # read from the store, not loaded
+    assert (tmp_path / "big segmentation.zarr" / "labels").is_dir()
+    reference = expected(checkpoint, nuclei, tile=48, return_probabilities=True)
+    np.testing.assert_array_equal(output.data[...], reference.labels)
+    assert output.data.dtype == np.uint32
+    probabilities = viewer.layers["big probabilities"]
+    assert isinstance(probabilities.data, da.Array)
+    np.testing.assert_allclose(
+        probabilities.data.compute(), 1.0 - reference.probabilities[0], atol=1e-6
+    )
+    assert viewer.layers.index(probabilities) == viewer.layers.index(output) - 1
+    for layer in (output, probabilities):
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+    session = session_of(gui)
+    assert session.status.value.startswith("Done")
+    assert session.progress.value == session.progress.max == 1  # one block
+    assert errors(notifications) == []
+
+
+def test_multiscale_image_segments_its_full_resolution(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    levels = [nuclei, nuclei[::2, ::2], nuclei[::4, ::4]]
+    image = viewer.add_image(
+        levels, multiscale=True, name="pyramid", scale=(2.0, 3.0), translate=(1.0, 2.0)
+    )
+    checkpoint = tiny_checkpoint(mode="semantic", n_classes=3)
+    trained_models.add(checkpoint, "classes")
+    gui = open_widget(viewer)
+
+    run_and_wait(qtbot, gui, tile_size=64)  # no folder chosen: a temporary one
+
+    output = viewer.layers["pyramid segmentation"]
+    assert output.multiscale  # like its input: napari reads full resolution only zoomed in
+    full = output.data[0]
+    assert isinstance(full, zarr.Array) and full.shape == nuclei.shape
+    reference = expected(checkpoint, nuclei, tile=64).labels
+    np.testing.assert_array_equal(full[...], reference)
+    assert [level.shape for level in output.data] == [level.shape for level in levels]
+    np.testing.assert_array_equal(output.data[2].compute(), reference[::4, ::4])
+    np.testing.assert_allclose(output.scale, image.scale)
+    np.testing.assert_allclose(output.translate, image.translate)
+    store = Path(str(full.store.root))
+    assert store.name == "pyramid segmentation.zarr"
+    assert store.parent == Path(segment_module._scratch.name)
+
+
+def test_cancel_keeps_the_finished_blocks_of_a_store(
+    make_napari_viewer, qtbot, nuclei, monkeypatch, notifications
+):
+    real = segment_module.segment_to_zarr_generator
+    release = threading.Event()
+
+    def gated(*args, should_stop, **kwargs):
+        # Small blocks, and a pause after the first one until released or stopped.
+        generator = real(*args, block_shape=(64, 64), should_stop=should_stop, **kwargs)
+        yield next(generator)
+        while not release.is_set() and not should_stop():
+            release.wait(0.01)
+        return (yield from generator)
+
+    monkeypatch.setattr(segment_module, "segment_to_zarr_generator", gated)
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(nuclei, chunks=(64, 64)), name="big")
+    trained_models.add(tiny_checkpoint(), "test model")
+    gui = open_widget(viewer)
+    session = session_of(gui)
+
+    worker = gui()
+    qtbot.waitUntil(lambda: session.progress.value >= 1, timeout=TIMEOUT_MS)
+    assert session.progress.max == 12  # 3 x 4 blocks of 64 pixels
+    session.cancel_button.native.click()
+    release.set()
+    qtbot.waitUntil(lambda: not session.busy and session.job is None, timeout=TIMEOUT_MS)
+    assert not worker.is_running
+
+    output = viewer.layers["big segmentation"]
+    assert isinstance(output.data, zarr.Array)
+    labels = output.data[...]
+    assert labels[:64, :64].any()
+    assert not labels[64:].any() and not labels[:, 64:].any()
+    assert "Segmentation cancelled; the finished blocks are kept." in infos(notifications)
+    assert errors(notifications) == []

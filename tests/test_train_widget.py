@@ -184,14 +184,21 @@ def test_two_pairs_and_a_validation_pair(qtbot, viewer_with_data):
     assert widget.checkpoint.metadata["data_shapes"] == [[1, 96, 112], [1, 96, 112]]
 
 
-def test_starts_from_a_checkpoint_file(qtbot, viewer_with_data, tmp_path):
+@pytest.mark.parametrize("kind", ["checkpoint", "bioimageio"])
+def test_starts_from_a_model_file(qtbot, viewer_with_data, tmp_path, kind):
     torch.manual_seed(0)
     initial = Checkpoint.from_model(UNet(UNetConfig(depth=2, base_channels=4)))
-    save_checkpoint(tmp_path / "start.pt", initial)
+    if kind == "checkpoint":
+        path = tmp_path / "start.pt"
+        save_checkpoint(path, initial)
+    else:
+        from napari_unet.export import export_bioimageio
+
+        path = export_bioimageio(initial, tmp_path / "start.zip")
     widget = TrainWidget(viewer_with_data)
     widget.start_from.value = FROM_FILE
     assert not widget.model_file.native.isHidden()
-    widget.model_file.value = tmp_path / "start.pt"
+    widget.model_file.value = path
     short(widget, steps=1)
     run_to_end(qtbot, widget)
     assert widget.checkpoint.model_config.base_channels == 4

@@ -38,12 +38,18 @@ _EXPORTS = {
     "InferenceConfig": "inference",
     "predict": "inference",
     "predict_generator": "inference",
+    "segment_to_zarr": "distributed",
+    "segment_to_zarr_generator": "distributed",
     "TrainConfig": "training",
     "train": "training",
     "train_generator": "training",
     "Checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "load_model_file": "checkpoint",
+    "load_package": "bioimageio",
+    "export_bioimageio": "export",
+    "export_onnx": "export",
 }
 _SUBMODULES = {"synthetic", "metrics"}
 

@@ -1,18 +1,23 @@
-"""The ``napari-unet`` command line: train, segment and compute weight maps.
+"""The ``napari-unet`` command line: train, segment, export and compute weight maps.
 
-Three subcommands drive the same engines as the napari plugin::
+Four subcommands drive the same engines as the napari plugin::
 
     napari-unet train IMAGE LABELS [IMAGE LABELS ...] -o MODEL.pt [--mode instances|semantic]
-            [--minutes M | --steps N] [--from MODEL.pt] [--device auto|cpu|cuda] [--seed S]
+            [--minutes M | --steps N] [--from MODEL] [--device auto|cpu|cuda] [--seed S]
             [--validation IMAGE LABELS]
-    napari-unet segment MODEL.pt IMAGE [IMAGE ...] -o OUTDIR [--probabilities] [--device ...]
+    napari-unet segment MODEL IMAGE [IMAGE ...] -o OUTDIR [--probabilities] [--device ...]
+            [--workers N | --scheduler ADDRESS] [--block-size PX]
     napari-unet weightmap LABELS -o WEIGHTS.tif [--w0 10] [--sigma 5]
+    napari-unet export MODEL.pt --format bioimageio|onnx -o MODEL.zip|MODEL.onnx [--author NAME]
 
 Images and labels are TIFF or PNG files: 2D, stacks of 2D planes, or RGB
-``(H, W, 3)``. Bad arguments and unreadable files end with a one-line
-``napari-unet: error: ...`` on stderr and exit status 2 (usage) or 1 (data,
-files, devices); Ctrl-C during training stops after the current step, saves
-the model trained so far and exits with 130.
+``(H, W, 3)``; ``segment`` also reads zarr stores and OME-Zarr images lazily
+and, with ``--workers`` or ``--scheduler``, runs block by block on a dask
+cluster, writing zarr stores (see :mod:`napari_unet.distributed`). Bad
+arguments and unreadable files end with a one-line ``napari-unet: error: ...``
+on stderr and exit status 2 (usage) or 1 (data, files, devices); Ctrl-C during
+training stops after the current step, saves the model trained so far and
+exits with 130.
 """
 
 from __future__ import annotations
@@ -118,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        The parser with the ``train``, ``segment`` and ``weightmap``
-        subcommands; ``args.run`` is the function that runs the chosen one.
+        The parser with the ``train``, ``segment``, ``weightmap`` and
+        ``export`` subcommands; ``args.run`` is the function that runs the chosen one.
     """
     parser = _Parser(
         prog=PROG,
@@ -208,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="initial",
         default=None,
-        metavar="MODEL.pt",
-        help="fine-tune this model instead of starting from scratch",
+        metavar="MODEL",
+        help="fine-tune this model (.pt, or a bioimage.io .zip from 'export') instead of "
+        "starting from scratch",
     )
     train.add_argument(
         "--seed",
@@ -258,12 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, device],
         help="segment images with a trained model",
         description=(
-            "Segment each IMAGE with MODEL.pt and write OUTDIR/<image name>.tif: instance "
-            "labels (uint16, or uint32 when there are more than 65535 objects) or, for a "
-            "semantic model, class ids, with the image's planes, height and width."
+            "Segment each IMAGE with MODEL.pt (or an exported MODEL.zip) and write "
+            "OUTDIR/<image name>.tif: instance labels (uint16, or uint32 when there are more "
+            "than 65535 objects) or, for a semantic model, class ids, with the image's planes, "
+            "height and width."
         ),
     )
-    segment.add_argument("model", metavar="MODEL.pt", help="a model saved by 'train'")
+    segment.add_argument(
+        "model",
+        metavar="MODEL.pt|MODEL.zip",
+        help="a model saved by 'train' (MODEL.pt) or a bioimage.io package made by 'export' "
+        "(MODEL.zip)",
+    )
     segment.add_argument("images", nargs="+", metavar="IMAGE", help="images to segment")
     segment.add_argument(
         "-o",
@@ -277,6 +289,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write <image name>_prob.tif: float32 class probabilities, the class axis "
         "after the plane axes",
+    )
+    large = segment.add_argument_group(
+        "large images",
+        "Zarr stores and OME-Zarr images (and TIFFs with --workers or --scheduler) are read "
+        "lazily and segmented block by block into OUTDIR/<image name>.zarr (a zarr store "
+        "holding 'labels'; with --probabilities also 'probabilities' and 'foreground'). "
+        "See docs/large-data.md.",
+    )
+    cluster = large.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="start a local dask cluster of N single-threaded worker processes",
+    )
+    cluster.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing dask cluster, e.g. tcp://10.0.0.1:8786; OUTDIR must be on a "
+        "file system that every worker sees",
+    )
+    large.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=2048,
+        metavar="PX",
+        help="side of a block (one task, one output chunk) in pixels (default 2048)",
     )
     segment.set_defaults(run=_run_segment)
 
@@ -311,6 +352,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="width of the border term in pixels (default 5, as in the paper)",
     )
     weightmap.set_defaults(run=_run_weightmap)
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="export a model as a bioimage.io package or an ONNX file",
+        description=(
+            "Export MODEL.pt for other tools (needs the export extra:\n"
+            f"{_EXPORT_EXTRA}).\n\n"
+            "--format bioimageio writes a BioImage Model Zoo package (.zip): rdf.yaml, the\n"
+            "weights as a PyTorch state dict and as TorchScript, test input and output,\n"
+            "a cover image and documentation; it is checked with the bioimage.io\n"
+            "validator before it is written, and 'segment' reads it like MODEL.pt.\n"
+            "--format onnx writes an ONNX model (.onnx) that takes normalised images of\n"
+            "any valid size and returns class probabilities; its metadata give the valid\n"
+            "sizes, the output size and the normalisation."
+        ),
+        epilog=(
+            "example:\n"
+            f"  {PROG} export nuclei.pt --format bioimageio -o nuclei.zip --author 'Ada Lovelace'\n"
+            f"  {PROG} export nuclei.pt --format onnx -o nuclei.onnx"
+        ),
+    )
+    export.add_argument(
+        "model",
+        metavar="MODEL.pt",
+        help="a model saved by 'train' (or a package made by 'export')",
+    )
+    export.add_argument(
+        "--format", required=True, choices=("bioimageio", "onnx"), help="what to write"
+    )
+    export.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="MODEL.zip for bioimageio, MODEL.onnx for onnx (replaced if it exists)",
+    )
+    package = export.add_argument_group("bioimage.io package options")
+    package.add_argument(
+        "--name", default=None, help="name of the model (5 to 128 letters, digits, spaces, _+-())"
+    )
+    package.add_argument("--description", default=None, help="one or two sentences")
+    package.add_argument(
+        "--author",
+        dest="authors",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="who trained the model (repeat for several authors)",
+    )
+    package.add_argument(
+        "--license", default=None, metavar="SPDX", help="license of the model (default CC-BY-4.0)"
+    )
+    package.add_argument(
+        "--test-image",
+        default=None,
+        metavar="IMAGE",
+        help="image whose centre becomes the package's test input and cover (default: a "
+        "synthetic image of nuclei)",
+    )
+    export.set_defaults(run=_run_export)
     return parser
 
 
@@ -519,7 +622,7 @@ def _budget_text(config: Any) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from napari_unet.checkpoint import load_checkpoint, save_checkpoint
+    from napari_unet.checkpoint import load_model_file, save_checkpoint
     from napari_unet.device import resolve_device
 
     files: list[str] = list(args.files)
@@ -534,7 +637,7 @@ def _run_train(args: argparse.Namespace) -> int:
         _note(f"{PROG}: warning: --base-channels is ignored with --from (the model is kept)")
     resolve_device(args.device)  # an unavailable device fails before the data is read
 
-    initial = load_checkpoint(args.initial) if args.initial is not None else None
+    initial = load_model_file(args.initial) if args.initial is not None else None
     mode = args.mode or (initial.mode if initial is not None else "instances")
     if initial is not None and initial.mode != mode:
         raise ValueError(
@@ -663,18 +766,10 @@ def _train_config(args: argparse.Namespace, mode: str, initial: Any) -> Any:
 
 def _drive_training(events: Any, config: Any, description: str) -> Any:
     """Run the training generator with a progress bar on a terminal; return its result."""
-    from tqdm import tqdm
-
     from napari_unet.training import TrainingMessage, TrainingProgress, ValidationResult
 
-    with tqdm(
-        total=config.steps if config.minutes is None else None,
-        unit="step",
-        file=sys.stderr,
-        disable=None,
-        dynamic_ncols=True,
-        desc=description,
-    ) as bar:
+    total = config.steps if config.minutes is None else None
+    with _progress_bar(description, "step", total=total, leave=True) as bar:
 
         def show(event: object) -> None:
             if isinstance(event, TrainingProgress):
@@ -720,15 +815,28 @@ def _model_channel_axis(shape: tuple[int, ...], in_channels: int, path: str) -> 
     )
 
 
+def _progress_bar(name: str, unit: str, total: int | None = None, leave: bool = False) -> Any:
+    """Return a tqdm bar on stderr; it shows only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit=unit,
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
+        desc=name,
+        leave=leave,
+    )
+
+
 def _label_dtype(labels: np.ndarray) -> type[np.unsignedinteger[Any]]:
     largest = int(labels.max()) if labels.size else 0
     return np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from napari_unet.checkpoint import load_checkpoint
+    from napari_unet.checkpoint import load_model_file
     from napari_unet.device import resolve_device
     from napari_unet.inference import ImagePlanes, InferenceConfig, predict_generator
     from napari_unet.io import read_image, write_tiff
@@ -736,10 +844,14 @@ def _run_segment(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"-o {outdir} is a file; give a folder for the results")
+    lazily = _segments_lazily(args)
     targets: dict[Path, str] = {}
     for image_path in args.images:
-        names = [f"{Path(image_path).stem}.tif"]
-        if args.probabilities:
+        if lazily:
+            names = [f"{_image_name(image_path)}.zarr"]
+        else:
+            names = [f"{Path(image_path).stem}.tif"]
+        if args.probabilities and not lazily:
             names.append(f"{Path(image_path).stem}_prob.tif")
         for name in names:
             target = outdir / name
@@ -756,7 +868,9 @@ def _run_segment(args: argparse.Namespace) -> int:
                     f"writing {target} would replace the input {image_path}; choose another -o"
                 )
     resolve_device(args.device)
-    checkpoint = load_checkpoint(args.model)
+    checkpoint = load_model_file(args.model)
+    if lazily:
+        return _segment_large_images(args, checkpoint, outdir)
     model = checkpoint.build_model()
     in_channels = checkpoint.model_config.in_channels
     config = InferenceConfig(device=args.device)
@@ -775,15 +889,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             return_probabilities=args.probabilities,
         )
         n_planes = ImagePlanes(image, channel_axis).n_planes
-        with tqdm(
-            total=None,
-            unit="tile",
-            file=sys.stderr,
-            disable=None,
-            dynamic_ncols=True,
-            desc=Path(image_path).name,
-            leave=False,
-        ) as bar:
+        with _progress_bar(Path(image_path).name, "tile") as bar:
 
             def show(tile: Any, bar: Any = bar, n_planes: int = n_planes) -> None:
                 if bar.total is None:
@@ -808,6 +914,188 @@ def _run_segment(args: argparse.Namespace) -> int:
             prob_target = outdir / f"{stem}_prob.tif"
             write_tiff(prob_target, probabilities, axes=f"{plane_axes}CYX")
             print(f"{image_path} -> {prob_target} (probabilities)")
+    return EXIT_OK
+
+
+# -- segment: large images --------------------------------------------------------------
+
+#: Endings removed from an input's name to name its zarr result (longest first).
+_IMAGE_ENDINGS = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png")
+
+
+def _segments_lazily(args: argparse.Namespace) -> bool:
+    """Whether ``segment`` takes the block-wise path: a cluster is given, or an input is zarr."""
+    from napari_unet.io import is_zarr_store
+
+    if args.workers is not None or args.scheduler is not None:
+        return True
+    return any(Path(path).suffix.lower() == ".zarr" or is_zarr_store(path) for path in args.images)
+
+
+def _image_name(path: str) -> str:
+    """Return the input's file name without its image endings (``a.ome.zarr`` -> ``a``)."""
+    name = Path(path).name
+    for ending in _IMAGE_ENDINGS:
+        if name.lower().endswith(ending) and len(name) > len(ending):
+            return name[: -len(ending)]
+    return Path(path).stem
+
+
+@contextmanager
+def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """Yield a dask client of a new local cluster (``workers``) or of ``scheduler``, or None."""
+    if workers is None and scheduler is None:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    # The dashboard (if bokeh is installed) on a free port: 8787 may be taken.
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Path) -> int:
+    """Segment block by block into ``OUTDIR/<name>.zarr``, here or on a dask cluster."""
+    try:
+        import dask.array as da
+
+        from napari_unet.distributed import segment_to_zarr_generator
+        from napari_unet.inference import InferenceConfig
+        from napari_unet.io import LAZY_SUFFIXES, is_zarr_store, open_image, read_image
+
+        if args.workers is not None or args.scheduler is not None:
+            import distributed  # noqa: F401 (checked here, used by _dask_client)
+        import zarr  # noqa: F401 (the results are zarr stores)
+    except ImportError as error:
+        from napari_unet.io import LARGE_DATA_EXTRA
+
+        name = error.name or "a package"
+        _print_error(f"segmenting large images needs {name}; install it with {LARGE_DATA_EXTRA}")
+        return EXIT_FAILURE
+    config = InferenceConfig(device=args.device)
+    in_channels = checkpoint.model_config.in_channels
+    outdir.mkdir(parents=True, exist_ok=True)
+    with _dask_client(args.workers, args.scheduler) as client:
+        if client is not None:
+            _note(f"{PROG}: running on the dask cluster at {client.scheduler.address}")
+        for image_path in args.images:
+            lazy = Path(image_path).suffix.lower() in LAZY_SUFFIXES or is_zarr_store(image_path)
+            # Lazy inputs go by path, so that every worker opens the file itself.
+            source: Any = image_path if lazy else read_image(image_path)
+            shape = tuple(open_image(image_path).shape if lazy else source.shape)
+            channel_axis = _model_channel_axis(shape, in_channels, image_path)
+            target = outdir / f"{_image_name(image_path)}.zarr"
+            blocks = segment_to_zarr_generator(
+                checkpoint,
+                source,
+                target,
+                block_shape=(args.block_size, args.block_size),
+                channel_axis=channel_axis,
+                config=config,
+                probabilities=args.probabilities,
+                client=client,
+                overwrite=True,  # as for TIFF results: files in OUTDIR are replaced
+            )
+            with _progress_bar(Path(image_path).name, "block") as bar:
+
+                def show(block: Any, bar: Any = bar) -> None:
+                    if bar.total is None:
+                        bar.total = block.count
+                        bar.refresh()
+                    bar.update()
+
+                result = run_to_end(blocks, show)
+            labels = da.from_zarr(result.labels)
+            if checkpoint.mode == "instances":
+                # Ids are 1..N without gaps, so the largest is the number of objects.
+                largest = int(labels.max().compute(scheduler="threads")) if labels.size else 0
+                summary = f"{largest} objects"
+            else:
+                classes = da.unique(labels).compute(scheduler="threads")
+                summary = f"classes {sorted(int(v) for v in classes)}"
+            print(f"{image_path} -> {target} ({summary})")
+    return EXIT_OK
+
+
+# -- export -----------------------------------------------------------------------------
+
+_EXPORT_EXTRA = 'pip install "napari-unet-segmentation[export]"'
+_EXPORT_SUFFIX = {"bioimageio": ".zip", "onnx": ".onnx"}
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    suffix = _EXPORT_SUFFIX[args.format]
+    if output.suffix.lower() != suffix:
+        raise UsageError(
+            f"-o {output}: --format {args.format} writes a {suffix} file; name it *{suffix}"
+        )
+    package_options = {
+        "--name": args.name,
+        "--description": args.description,
+        "--author": args.authors,
+        "--license": args.license,
+        "--test-image": args.test_image,
+    }
+    given = [flag for flag, value in package_options.items() if value is not None]
+    if args.format != "bioimageio" and given:
+        raise UsageError(f"{', '.join(given)}: only for --format bioimageio")
+    inputs = [args.model, *([args.test_image] if args.test_image else [])]
+    _check_output_file(output, inputs, example=f"model{suffix}")
+
+    from napari_unet.checkpoint import load_model_file
+    from napari_unet.export import (
+        OptionalDependencyError,
+        PackageInfo,
+        export_bioimageio,
+        export_onnx,
+    )
+
+    try:
+        info = PackageInfo(
+            name=args.name,
+            description=args.description,
+            authors=tuple(args.authors or ()),
+            license=args.license or PackageInfo.license,
+        )
+    except ValueError as error:
+        raise UsageError(_one_line(error)) from error
+    checkpoint = load_model_file(args.model)
+    try:
+        if args.format == "onnx":
+            export_onnx(checkpoint, output)
+            summary = "ONNX model; see its metadata for the valid input sizes"
+        else:
+            test_image, channel_axis = None, None
+            if args.test_image is not None:
+                from napari_unet.io import read_image
+
+                test_image = read_image(args.test_image)
+                channel_axis = _model_channel_axis(
+                    test_image.shape, checkpoint.model_config.in_channels, args.test_image
+                )
+            if not info.authors:
+                _note(
+                    f"{PROG}: note: no --author given; name who trained the model before "
+                    "sharing the package on bioimage.io"
+                )
+            export_bioimageio(
+                checkpoint, output, info=info, test_image=test_image, channel_axis=channel_axis
+            )
+            summary = "bioimage.io package, validated"
+    except OptionalDependencyError as error:
+        _print_error(error)
+        return EXIT_FAILURE
+    print(f"{args.model} -> {output} ({summary})")
     return EXIT_OK
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "TileResult",
     "predict",
     "predict_generator",
+    "tile_geometry",
     "tile_starts",
     "tiled_predict",
 ]
@@ -429,6 +430,28 @@ def choose_tile_shape(
     return best[1]
 
 
+def tile_geometry(
+    model_config: Any, config: InferenceConfig, spatial: tuple[int, int]
+) -> tuple[tuple[int, int], int]:
+    """Return the output tile shape and the context border used to cover ``spatial``.
+
+    ``config.tile_shape`` is rounded up to a size the network can produce;
+    without it the tile is chosen by :func:`choose_tile_shape` for an image of
+    shape ``spatial``. The border is the valid network's lost margin, or two
+    alignment steps for a "same"-padded network (whose output is then cropped).
+    :func:`predict_generator` and the block-wise
+    :func:`~napari_unet.distributed.segment_to_zarr` share this arithmetic, so
+    that the same settings give the same tiles.
+    """
+    if config.tile_shape is not None:
+        wanted = tuple(max(int(size), model_config.size_step) for size in config.tile_shape)
+        tile_shape = model_config.output_shape(model_config.input_shape_for(wanted))
+    else:
+        tile_shape = choose_tile_shape(*spatial, model_config, config.max_tile_pixels)
+    border = model_config.border if model_config.padding == "valid" else 2 * model_config.size_step
+    return (int(tile_shape[0]), int(tile_shape[1])), int(border)
+
+
 def predict_generator(
     model: UNet,
     image: Any,
@@ -516,12 +539,7 @@ def predict_generator(
                 f"probabilities_out needs a float dtype, got {np.dtype(probabilities.dtype)}."
             )
     predictor = predictor or ModelPredictor(model, config.device, config.precision)
-    if config.tile_shape is not None:
-        wanted = tuple(max(int(size), model_config.size_step) for size in config.tile_shape)
-        tile_shape = model_config.output_shape(model_config.input_shape_for(wanted))
-    else:
-        tile_shape = choose_tile_shape(*spatial, model_config, config.max_tile_pixels)
-    border = model_config.border if model_config.padding == "valid" else 2 * model_config.size_step
+    tile_shape, border = tile_geometry(model_config, config, spatial)
     if model_config.padding == "same":
         predictor = _crop_predictor(predictor, border)
     logger.info("Tiling %s with output tiles of %s (border %d)", spatial, tile_shape, border)

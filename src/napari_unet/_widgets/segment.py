@@ -8,8 +8,17 @@ into the new layer as it arrives, so the user watches the mask fill in; the
 final labels (instance ids after the seeded watershed, or class ids) replace the
 provisional ones when the worker returns. Cancel stops after the current tile
 and keeps the finished tiles.
+
+An image whose data is a dask or zarr array, or a multiscale image (its full
+resolution is segmented), is not loaded into memory: the worker runs
+:func:`~napari_unet.distributed.segment_to_zarr_generator` in this process,
+block by block, into a zarr store (in the chosen folder, or else in a
+temporary folder deleted when napari exits), and the output Labels layer reads
+that store (multiscale, like a multiscale input). The progress bar counts
+blocks; Cancel stops after the current tile and keeps the finished blocks.
 """
 
+import tempfile
 import threading
 import time
 from collections.abc import Generator
@@ -35,8 +44,9 @@ from napari_unet._widgets._common import (
     stop_when_closed,
     trained_models,
 )
-from napari_unet.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from napari_unet.checkpoint import Checkpoint, CheckpointError, load_model_file
 from napari_unet.device import resolve_device
+from napari_unet.distributed import BlockResult, ZarrSegmentation, segment_to_zarr_generator
 from napari_unet.inference import InferenceConfig, Prediction, TileResult, predict_generator
 
 # No ``from __future__ import annotations`` in this module: magicgui reads the
@@ -52,6 +62,62 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 def _model_choices(_widget: Any = None) -> list[str]:
     """Trained models of this session (newest first), then the checkpoint-file entry."""
     return [*trained_models.names(), FILE_CHOICE]
+
+
+# -- images that are not loaded into memory -----------------------------------------------
+
+_scratch: tempfile.TemporaryDirectory | None = None
+
+
+def _reads_lazily(layer: napari.layers.Image) -> bool:
+    """Whether ``layer`` is segmented block by block into a store (dask, zarr, multiscale)."""
+    return bool(layer.multiscale) or not isinstance(layer.data, np.ndarray)
+
+
+def _level_strides(
+    layer: napari.layers.Image, channel_axis: int | None
+) -> tuple[tuple[int, int], ...]:
+    """Row and column strides from a multiscale layer's full resolution to its other levels."""
+    if not layer.multiscale:
+        return ()
+
+    def spatial(shape: tuple[int, ...]) -> tuple[int, int]:
+        if channel_axis is not None:
+            axis = channel_axis % len(shape)
+            shape = shape[:axis] + shape[axis + 1 :]
+        return shape[-2], shape[-1]
+
+    full = spatial(tuple(layer.data[0].shape))
+    strides = []
+    for level in layer.data[1:]:
+        rows, cols = spatial(tuple(level.shape))
+        strides.append((max(1, round(full[0] / rows)), max(1, round(full[1] / cols))))
+    return tuple(strides)
+
+
+def _new_store(folder: Path | None, image_name: str) -> Path:
+    """Return a new zarr store path for the result: in ``folder``, else in a temporary one.
+
+    The temporary folder lasts as long as napari runs: it is deleted at exit,
+    so results meant to stay should go to a chosen folder.
+    """
+    global _scratch
+    if folder is None or not str(folder) or str(folder) == ".":
+        if _scratch is None:
+            _scratch = tempfile.TemporaryDirectory(prefix="napari-unet-")
+        folder = Path(_scratch.name)
+    elif not folder.is_dir():
+        raise UserError(
+            f"The zarr folder {folder} does not exist; choose an existing folder, or clear "
+            f"it to use a temporary one."
+        )
+    stem = "".join(c if c.isalnum() or c in "-_ " else "_" for c in image_name).strip()
+    stem = f"{stem or 'image'} segmentation"
+    path, count = folder / f"{stem}.zarr", 1
+    while path.exists() or path.with_name(path.name + ".partial").exists():
+        count += 1
+        path = folder / f"{stem} ({count}).zarr"
+    return path
 
 
 # -- one run ------------------------------------------------------------------------------
@@ -70,10 +136,13 @@ class _Job:
     image_name: str
     out_shape: tuple[int, ...]
     out_placement: dict[str, Any]
-    labels_layer: napari.layers.Labels
+    labels_layer: napari.layers.Labels | None  # added when the result comes, for a store
     viewer: Any
+    store: Path | None = None  # where a lazily read image is segmented to (a zarr store)
+    # A multiscale input's lower levels as (rows, columns) strides of its full resolution.
+    level_strides: tuple[tuple[int, int], ...] = ()
     stop_event: threading.Event = field(default_factory=threading.Event)
-    tiles: Generator[TileResult, None, Prediction] | None = None
+    tiles: Generator[Any, None, Any] | None = None
     started_at: float = field(default_factory=time.perf_counter)
 
     @property
@@ -107,9 +176,23 @@ def _predict(job: _Job) -> Generator[TileResult, None, Prediction]:
     return (yield from job.tiles)
 
 
-def _segment(job: _Job) -> Generator[TileResult, None, Prediction | Failure]:
-    """Worker body: the tiles, then the prediction or a Failure (memory errors as advice)."""
-    result = yield from guarded(_predict(job))
+def _predict_to_store(job: _Job) -> Generator[BlockResult, None, ZarrSegmentation]:
+    # Block by block in this worker thread; the image is read one block at a time.
+    job.tiles = segment_to_zarr_generator(
+        job.checkpoint,
+        job.data,
+        job.store,
+        channel_axis=job.channel_axis,
+        config=job.config,
+        probabilities=job.probabilities,
+        should_stop=job.stop_event.is_set,
+    )
+    return (yield from job.tiles)
+
+
+def _segment(job: _Job) -> Generator[Any, None, Prediction | ZarrSegmentation | Failure]:
+    """Worker body: tiles (or blocks), then the result or a Failure (memory errors as advice)."""
+    result = yield from guarded(_predict(job) if job.store is None else _predict_to_store(job))
     if isinstance(result, Failure) and isinstance(
         result.error, (torch.cuda.OutOfMemoryError, MemoryError)
     ):
@@ -139,11 +222,13 @@ def _choose_checkpoint(model: str | None, model_file: Path | None) -> Checkpoint
         if not trained_models.names():
             raise UserError(
                 "No model yet: Train a model with the Train U-Net widget or choose a "
-                "checkpoint file (.pt)."
+                "model file (.pt, or a bioimage.io .zip exported by napari-unet)."
             )
-        raise UserError("Choose a checkpoint file (.pt) under 'model file', or a trained model.")
+        raise UserError(
+            "Choose a model file (.pt or bioimage.io .zip) under 'model file', or a trained model."
+        )
     try:
-        return load_checkpoint(model_file)
+        return load_model_file(model_file)
     except (CheckpointError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
 
@@ -230,6 +315,11 @@ class _Session:
         """Show the file chooser only when the checkpoint-file entry is chosen."""
         self.gui.model_file.visible = self.gui.model.value == FILE_CHOICE
 
+    def sync_folder_row(self) -> None:
+        """Show the zarr folder chooser only for an image that is segmented into a store."""
+        image = self.gui.image.value
+        self.gui.zarr_folder.visible = image is not None and _reads_lazily(image)
+
     # -- running
 
     @property
@@ -247,18 +337,21 @@ class _Session:
         device: str,
         probabilities: bool,
         tile_size: int,
+        zarr_folder: Path | None = None,
     ) -> GeneratorWorker | None:
         """Check the choices, add the output layer and start the worker."""
         if self.busy:
             show_error("A segmentation is already running; wait for it or press Cancel.")
             return None
         try:
-            job = self._make_job(viewer, image, model, model_file, device, probabilities, tile_size)
+            job = self._make_job(
+                viewer, image, model, model_file, device, probabilities, tile_size, zarr_folder
+            )
         except UserError as error:
             show_error(str(error))
             return None
         worker = create_worker(_segment, job, _start_thread=False)
-        worker.yielded.connect(self.on_tile)
+        worker.yielded.connect(self.on_tile if job.store is None else self.on_block)
         worker.returned.connect(self.on_returned)
         worker.finished.connect(self.on_finished)
         self.job = job
@@ -278,6 +371,7 @@ class _Session:
         device: str,
         probabilities: bool,
         tile_size: int,
+        zarr_folder: Path | None = None,
     ) -> _Job:
         if image is None:
             raise UserError("There is no Image layer to segment: open an image first.")
@@ -303,15 +397,23 @@ class _Session:
             device=str(resolved),
         )
         out_placement = placement(image, len(out_shape), channel_axis)
-        dtype = np.uint32 if checkpoint.mode == "instances" else np.uint16
-        # A new layer every run (napari makes the name unique): never overwrite
-        # the user's layers or an earlier result.
-        labels_layer = napari.layers.Labels(
-            np.zeros(out_shape, dtype=dtype),
-            name=f"{image.name} segmentation",
-            **out_placement,
-        )
-        viewer.add_layer(labels_layer)
+        store, labels_layer = None, None
+        if _reads_lazily(image):
+            # Never loaded into memory: the result goes to a new zarr store, and its
+            # layer is added when the worker returns.
+            store = _new_store(zarr_folder, image.name)
+            level_strides = _level_strides(image, channel_axis)
+        else:
+            level_strides = ()
+            dtype = np.uint32 if checkpoint.mode == "instances" else np.uint16
+            # A new layer every run (napari makes the name unique): never overwrite
+            # the user's layers or an earlier result.
+            labels_layer = napari.layers.Labels(
+                np.zeros(out_shape, dtype=dtype),
+                name=f"{image.name} segmentation",
+                **out_placement,
+            )
+            viewer.add_layer(labels_layer)
         return _Job(
             checkpoint=checkpoint,
             data=data,
@@ -324,6 +426,8 @@ class _Session:
             out_placement=out_placement,
             labels_layer=labels_layer,
             viewer=viewer,
+            store=store,
+            level_strides=level_strides,
         )
 
     def cancel(self) -> None:
@@ -384,39 +488,73 @@ class _Session:
         point = job.labels_layer.world_to_data(dims.point)
         return all(int(np.round(p)) == i for p, i in zip(point[: len(index)], index, strict=True))
 
-    def on_returned(self, result: Prediction | Failure) -> None:
+    def on_block(self, block: BlockResult) -> None:
+        """Count a finished block of an image segmented into a store."""
+        if self.job is None or not self.alive:
+            return
+        self.progress.max = block.count
+        self.progress.value = block.done
+        self.status.value = f"block {block.done}/{block.count}"
+
+    def on_returned(self, result: Prediction | ZarrSegmentation | Failure) -> None:
         """Show the final labels (and probabilities); say if the run was cancelled or failed."""
         job = self.job
         if job is None:
             return
         if isinstance(result, Failure):
-            # The tiles drawn so far stay in the layer.
-            show_error(
-                result.message(
-                    f"Segmentation of {job.image_name!r}",
-                    advice="The tiles finished so far are kept; check that the model suits "
-                    "the image, or try the cpu device.",
-                )
-            )
+            # The tiles drawn so far stay in the layer (a store's result shows nothing).
+            advice = "check that the model suits the image, or try the cpu device."
+            if job.store is None:
+                advice = f"The tiles finished so far are kept; {advice}"
+            else:
+                advice = advice[0].upper() + advice[1:]
+            show_error(result.message(f"Segmentation of {job.image_name!r}", advice=advice))
             if self.alive:
                 self.status.value = "Failed."
             return
-        # The final ids replace the provisional mask in one assignment.
-        job.labels_layer.data = result.labels
-        if job.probabilities and result.probabilities is not None:
-            self._add_probabilities(job, result.probabilities)
+        if isinstance(result, ZarrSegmentation):
+            if not self.alive:  # the widget (or the viewer) is gone
+                return
+            self._add_store_layers(job, result)
+            done = "blocks"
+        else:
+            # The final ids replace the provisional mask in one assignment.
+            job.labels_layer.data = result.labels
+            if job.probabilities and result.probabilities is not None:
+                self._add_probabilities(job, result.probabilities)
+            done = "tiles"
         seconds = time.perf_counter() - job.started_at
         if result.completed:
             message = f"Done in {seconds:.1f} s."
         else:
-            message = "Cancelled; the finished tiles are kept."
-            show_info("Segmentation cancelled; the finished tiles are kept.")
+            message = f"Cancelled; the finished {done} are kept."
+            show_info(f"Segmentation cancelled; the finished {done} are kept.")
         if self.alive:
             self.status.value = message
             if result.completed:
                 self.progress.value = self.progress.max
 
-    def _add_probabilities(self, job: _Job, probabilities: np.ndarray) -> None:
+    def _add_store_layers(self, job: _Job, result: ZarrSegmentation) -> None:
+        """Add the Labels layer (and probabilities) that read the zarr store."""
+        import dask.array as da
+
+        data: Any = result.labels
+        if job.level_strides:
+            # Like its input, a multiscale layer: napari then reads the full resolution
+            # only where it is zoomed in. The lower levels subsample the store lazily.
+            lazy = da.from_zarr(result.labels)
+            data = [data] + [lazy[..., ::rows, ::cols] for rows, cols in job.level_strides]
+        job.labels_layer = napari.layers.Labels(
+            data,
+            name=f"{job.image_name} segmentation",
+            multiscale=bool(job.level_strides),
+            **job.out_placement,
+        )
+        job.viewer.add_layer(job.labels_layer)
+        if job.probabilities and result.probabilities is not None:
+            self._add_probabilities(job, da.from_zarr(result.probabilities))
+
+    def _add_probabilities(self, job: _Job, probabilities: Any) -> None:
         """Add probability Image layers just below the segmentation.
 
         Instances: one layer, the foreground probability. Semantic: one layer
@@ -475,6 +613,8 @@ def _init_widget(gui: FunctionGui) -> None:
     gui.session.bind(session)
     gui.model.changed.connect(session.sync_file_row)
     session.sync_file_row()
+    gui.image.changed.connect(session.sync_folder_row)
+    session.sync_folder_row()
     trained_models.changed.connect(session.on_models_changed)
     stop_when_closed(gui.native, session.slot)
     gui.native.destroyed.connect(lambda *_: session.close())
@@ -486,9 +626,10 @@ def _init_widget(gui: FunctionGui) -> None:
     model={"choices": _model_choices, "tooltip": "A model trained in this session, or a file."},
     model_file={
         "label": "model file",
-        "filter": "*.pt",
+        "filter": "*.pt *.zip",
         "mode": "r",
-        "tooltip": "A checkpoint saved by the Train U-Net widget or `napari-unet train`.",
+        "tooltip": "A checkpoint (.pt) saved by the Train U-Net widget or `napari-unet train`, "
+        "or a bioimage.io package (.zip) from `napari-unet export`.",
     },
     device={"choices": DEVICE_CHOICES, "tooltip": "auto: CUDA, then Apple MPS, then CPU."},
     probabilities={
@@ -501,6 +642,12 @@ def _init_widget(gui: FunctionGui) -> None:
         "max": 16384,
         "tooltip": "Output tile side in pixels; smaller tiles need less memory.",
     },
+    zarr_folder={
+        "label": "zarr folder",
+        "mode": "d",
+        "tooltip": "Where the result of a dask, zarr or multiscale image is written (a zarr "
+        "store). Empty: a temporary folder deleted when napari exits.",
+    },
     session={"widget_type": "EmptyWidget", "visible": False},
 )
 def segment_widget(
@@ -511,6 +658,7 @@ def segment_widget(
     device: str = "auto",
     probabilities: bool = False,
     tile_size: int = 0,
+    zarr_folder: Path = Path(),
     session: _Session | None = None,
 ) -> GeneratorWorker | None:
     """Segment ``image`` with a trained U-Net, tile by tile, into a new Labels layer.
@@ -531,6 +679,9 @@ def segment_widget(
         Also add the probabilities as Image layers.
     tile_size : int
         Output tile side in pixels; 0 chooses it automatically.
+    zarr_folder : pathlib.Path
+        Where a dask, zarr or multiscale image's result store goes (shown only
+        for such images); empty for a temporary folder deleted at exit.
     session : _Session
         The widget's state (bound by the widget; not a user choice).
 
@@ -543,4 +694,6 @@ def segment_widget(
     """
     if session is None:
         raise RuntimeError("segment_widget must be created with its widget_init.")
-    return session.run(viewer, image, model, model_file, device, probabilities, tile_size)
+    return session.run(
+        viewer, image, model, model_file, device, probabilities, tile_size, zarr_folder
+    )

@@ -189,7 +189,7 @@ class TrainWidget(Container):
             choices=lambda _: [NEW_MODEL, *trained_models.names(), FROM_FILE],
             tooltip="A new model, or fine-tune a trained one on corrected labels.",
         )
-        self.model_file = FileEdit(label="model file", filter="*.pt", visible=False)
+        self.model_file = FileEdit(label="model file", filter="*.pt *.zip", visible=False)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"])
         self.optimizer = ComboBox(label="optimizer", choices=list(OPTIMIZERS))
         self.elastic = CheckBox(
@@ -302,7 +302,7 @@ class TrainWidget(Container):
     def _collect(self) -> TrainingRequest:
         """Read the widget into arrays; raise UserError with what to do."""
         from napari_unet.augment import AugmentConfig
-        from napari_unet.checkpoint import load_checkpoint
+        from napari_unet.checkpoint import load_model_file
         from napari_unet.device import resolve_device
         from napari_unet.training import TrainConfig
 
@@ -371,9 +371,11 @@ class TrainWidget(Container):
         if source == FROM_FILE:
             path = Path(self.model_file.value)
             if not path.is_file():
-                raise UserError("Choose a model file (.pt) to start from, or start a new model.")
+                raise UserError(
+                    "Choose a model file (.pt or .zip) to start from, or start a new model."
+                )
             try:
-                initial = load_checkpoint(path)
+                initial = load_model_file(path)
             except (OSError, ValueError) as error:
                 raise UserError(str(error)) from None
         elif source != NEW_MODEL:

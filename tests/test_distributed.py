@@ -1,0 +1,421 @@
+"""Block-wise segmentation into zarr stores, here and on a local dask cluster."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from distributed import Client, LocalCluster
+
+from napari_unet import cli
+from napari_unet.checkpoint import save_checkpoint
+from napari_unet.distributed import (
+    BlockResult,
+    ZarrSegmentation,
+    segment_to_zarr,
+    segment_to_zarr_generator,
+)
+from napari_unet.inference import InferenceConfig, predict
+from napari_unet.io import open_image
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.synthetic import make_touching_nuclei
+from napari_unet.training import TrainConfig, train
+
+# Image sizes, blocks and tiles are multiples of the tile: both runs then compute the
+# same tiles, which is what makes the results equal bit for bit.
+TILE = 32
+BLOCK = (128, 64)
+CONFIG = InferenceConfig(tile_shape=(TILE, TILE), device="cpu", precision="fp32")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One PyTorch thread, as on the dask workers: rounding depends on the thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    """A tiny network trained briefly: blob-shaped objects (a random one gives speckle)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    image, labels = make_touching_nuclei((128, 128), seed=3)
+    config = TrainConfig(
+        steps=60,
+        seed=0,
+        device="cpu",
+        base_channels=4,
+        depth=2,
+        tile_size=92,
+        dropout=0.0,
+        learning_rate=1e-2,
+        w0=0.0,
+        rotate=False,
+    )
+    result = train([(image, labels)], config)
+    torch.set_num_threads(previous)
+    return result.checkpoint
+
+
+@pytest.fixture(scope="module")
+def tall_image():
+    # Taller than label_instances' 2048-pixel blocks, so its merge across them is used too.
+    return make_touching_nuclei((2112, 192), seed=5)[0]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return np.stack([make_touching_nuclei((128, 128), seed=seed)[0] for seed in (7, 8)])
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def reference(checkpoint, image, config=CONFIG, **kwargs):
+    kwargs.setdefault("mode", checkpoint.mode)
+    return predict(
+        checkpoint.build_model(),
+        image,
+        normalization=checkpoint.normalization,
+        config=config,
+        **kwargs,
+    )
+
+
+def crossing_ids(labels: np.ndarray, rows: int, cols: int) -> set[int]:
+    """Ids of objects with pixels on both sides of a border every ``rows``/``cols`` pixels."""
+    found: set[int] = set()
+    for r in range(rows, labels.shape[0], rows):
+        above, below = labels[r - 1], labels[r]
+        found |= set(above[(above == below) & (above > 0)].tolist())
+    for c in range(cols, labels.shape[1], cols):
+        left, right = labels[:, c - 1], labels[:, c]
+        found |= set(left[(left == right) & (left > 0)].tolist())
+    return found
+
+
+def write_zarr(path, data, chunks):
+    array = zarr.open_array(str(path), mode="w", shape=data.shape, chunks=chunks, dtype=data.dtype)
+    array[...] = data
+    return array
+
+
+# -- on a cluster ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cluster_result_equals_single_process_across_block_borders(
+    checkpoint, tall_image, client, tmp_path
+):
+    expected = reference(checkpoint, tall_image, return_probabilities=True)
+    assert expected.labels.max() > 50  # real objects, not an empty or speckled mask
+    # Objects cross the task blocks' borders, and label_instances' (row 2048).
+    assert len(crossing_ids(expected.labels, *BLOCK)) >= 10
+    assert crossing_ids(expected.labels, 2048, 10**6)
+
+    result = segment_to_zarr(
+        checkpoint,
+        tall_image,
+        tmp_path / "out.zarr",
+        block_shape=BLOCK,
+        config=CONFIG,
+        probabilities=True,
+        client=client,
+    )
+    assert isinstance(result, ZarrSegmentation) and result.completed
+    assert result.path == tmp_path / "out.zarr"
+    assert not (tmp_path / "out.zarr.partial").exists()
+    assert isinstance(result.labels, zarr.Array)
+    assert result.labels.chunks == BLOCK and result.labels.dtype == np.uint32
+    # Exactly equal, ids included (not merely up to a permutation).
+    np.testing.assert_array_equal(result.labels[...], expected.labels)
+    np.testing.assert_array_equal(result.probabilities[...], expected.probabilities)
+    np.testing.assert_array_equal(result.foreground[...], 1.0 - expected.probabilities[0])
+
+
+def test_cluster_semantic_stack_from_a_zarr_path(checkpoint, stack, client, tmp_path):
+    source = tmp_path / "stack.zarr"
+    write_zarr(source, stack, chunks=(1, 40, 40))
+    events = []
+    generator = segment_to_zarr_generator(
+        checkpoint,
+        source,  # each worker opens the path itself
+        tmp_path / "classes.zarr",
+        block_shape=(64, 64),
+        mode="semantic",
+        config=CONFIG,
+        client=client,
+    )
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            result = stop.value
+            break
+
+    expected = reference(checkpoint, stack, mode="semantic")
+    np.testing.assert_array_equal(result.labels[...], expected.labels)
+    assert result.labels.dtype == np.uint16 and result.labels.chunks == (1, 64, 64)
+    assert set(np.unique(expected.labels)) == {1, 2}
+    assert result.probabilities is None and result.foreground is None
+    # One event per block and plane: 2 planes x 2 x 2 blocks, each counted once.
+    assert all(isinstance(event, BlockResult) for event in events)
+    assert sorted(event.done for event in events) == list(range(1, 9))
+    assert {(e.plane, e.region[0].start, e.region[1].start) for e in events} == {
+        (p, r, c) for p in (0, 1) for r in (0, 64) for c in (0, 64)
+    }
+
+
+def test_cluster_refuses_an_image_that_cannot_travel(checkpoint, client, tmp_path):
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((64, 64), np.uint16))
+    opened = open_image(tmp_path / "image.tif")  # holds an open file
+    with pytest.raises(TypeError, match="pass its file path instead"):
+        segment_to_zarr(checkpoint, opened, tmp_path / "out.zarr", config=CONFIG, client=client)
+
+
+def test_cli_segments_a_zarr_store_on_a_running_scheduler(
+    checkpoint, stack, client, tmp_path, capsys
+):
+    save_checkpoint(tmp_path / "model.pt", checkpoint)
+    write_zarr(tmp_path / "stack.ome.zarr", stack, chunks=(1, 32, 32))
+    status = cli.main(
+        [
+            "segment",
+            str(tmp_path / "model.pt"),
+            str(tmp_path / "stack.ome.zarr"),
+            "-o",
+            str(tmp_path / "out"),
+            "--scheduler",
+            client.scheduler.address,
+            "--block-size",
+            "64",
+        ]
+    )
+    assert status == 0
+    labels = zarr.open_array(str(tmp_path / "out" / "stack.zarr" / "labels"), mode="r")
+    # The CLI lets the tile be chosen for a 64-pixel block: a 64-pixel tile here.
+    expected = reference(checkpoint, stack, InferenceConfig(tile_shape=(64, 64), device="cpu"))
+    np.testing.assert_array_equal(labels[...], expected.labels)
+    assert f"({int(expected.labels.max())} objects)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_starts_a_local_cluster_with_workers(checkpoint, stack, tmp_path, capsys):
+    save_checkpoint(tmp_path / "model.pt", checkpoint)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, tile=(32, 32))
+    status = cli.main(
+        [
+            "segment",
+            str(tmp_path / "model.pt"),
+            str(tmp_path / "stack.tif"),  # read lazily because of --workers
+            "-o",
+            str(tmp_path / "out"),
+            "--workers",
+            "2",
+            "--block-size",
+            "64",
+            "--probabilities",
+        ]
+    )
+    assert status == 0
+    store = zarr.open_group(str(tmp_path / "out" / "stack.zarr"), mode="r")
+    expected = reference(
+        checkpoint,
+        stack,
+        InferenceConfig(tile_shape=(64, 64), device="cpu"),
+        return_probabilities=True,
+    )
+    np.testing.assert_array_equal(store["labels"][...], expected.labels)
+    np.testing.assert_array_equal(store["probabilities"][...], expected.probabilities)
+    assert "stack.tif ->" in capsys.readouterr().out
+
+
+# -- in this process ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dask", "tiff", "numpy"])
+def test_here_equals_single_process(checkpoint, stack, tmp_path, kind):
+    if kind == "dask":
+        image = da.from_array(stack, chunks=(1, 40, 50))
+    elif kind == "tiff":
+        image = tmp_path / "stack.tif"
+        tifffile.imwrite(image, stack, tile=(32, 32))
+    else:
+        image = stack
+    result = segment_to_zarr(
+        checkpoint, image, tmp_path / "out.zarr", block_shape=(64, 64), config=CONFIG
+    )
+    expected = reference(checkpoint, stack)
+    np.testing.assert_array_equal(result.labels[...], expected.labels)
+    assert crossing_ids(expected.labels[0], 64, 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.zarr"] + (["stack.tif"] if kind == "tiff" else [])
+    )
+    assert result.foreground is None  # the intermediate is removed unless asked for
+
+
+def test_sizes_off_the_tile_grid_agree_up_to_rounding(checkpoint, tmp_path):
+    """Blocks and image not multiples of the tile: other tiles, the same maths."""
+    image = make_touching_nuclei((203, 190), seed=4)[0]
+    for tile_shape in [(TILE, TILE), None]:
+        config = InferenceConfig(tile_shape=tile_shape, device="cpu", precision="fp32")
+        result = segment_to_zarr(
+            checkpoint,
+            image,
+            tmp_path / f"{tile_shape}.zarr",
+            block_shape=(60, 70),  # rounded up to (60, 72): multiples of 2**depth
+            config=config,
+            probabilities=True,
+        )
+        assert result.labels.chunks == (60, 72)
+        expected = reference(checkpoint, image, config, return_probabilities=True)
+        np.testing.assert_allclose(result.probabilities[...], expected.probabilities, atol=1e-5)
+        assert np.mean(result.labels[...] == expected.labels) > 0.999
+
+
+def test_rgb_semantic_and_same_padding(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(
+        UNetConfig(
+            in_channels=3, n_classes=3, depth=2, base_channels=4, dropout=0.0, padding="same"
+        )
+    ).eval()
+    image = np.random.default_rng(0).random((128, 192, 3)).astype(np.float32)
+    result = segment_to_zarr(
+        model,
+        image,
+        tmp_path / "out.zarr",
+        block_shape=(64, 64),
+        channel_axis=-1,
+        mode="semantic",
+        config=CONFIG,
+    )
+    expected = predict(model, image, channel_axis=-1, mode="semantic", config=CONFIG)
+    np.testing.assert_array_equal(result.labels[...], expected.labels)
+    assert len(np.unique(expected.labels)) >= 2  # not a constant result
+
+
+def test_should_stop_keeps_the_finished_blocks_under_the_partial_name(checkpoint, stack, tmp_path):
+    image = stack[0]
+    output = tmp_path / "out.zarr"
+    seen = []
+    generator = segment_to_zarr_generator(
+        checkpoint,
+        image,
+        output,
+        block_shape=(64, 64),
+        config=CONFIG,
+        should_stop=lambda: len(seen) >= 1,
+    )
+    while True:
+        try:
+            seen.append(next(generator))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert len(seen) == 1 and not result.completed
+    assert result.path == tmp_path / "out.zarr.partial" and not output.exists()
+    labels = result.labels[...]
+    first = np.zeros(image.shape, bool)
+    first[seen[0].region] = True
+    assert labels[first].any() and not labels[~first].any()
+    expected = reference(checkpoint, image).labels
+    np.testing.assert_array_equal(labels[first] > 0, expected[first] > 0)
+
+    # A new run replaces the unfinished store and completes.
+    result = segment_to_zarr(checkpoint, image, output, block_shape=(64, 64), config=CONFIG)
+    assert result.completed and not result.path.with_name("out.zarr.partial").exists()
+    np.testing.assert_array_equal(result.labels[...], expected)
+
+
+def test_existing_output_and_input_are_protected(checkpoint, stack, tmp_path):
+    image = stack[0]
+    source = tmp_path / "image.zarr"
+    write_zarr(source, image, chunks=(32, 32))
+    output = tmp_path / "out.zarr"
+    segment_to_zarr(checkpoint, source, output, block_shape=(64, 64), config=CONFIG)
+    before = zarr.open_array(str(output / "labels"), mode="r")[...]
+
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        segment_to_zarr(checkpoint, source, output, config=CONFIG)
+    for target in (source, source / "inside.zarr"):
+        with pytest.raises(ValueError, match="would overwrite the input"):
+            segment_to_zarr(checkpoint, source, target, config=CONFIG, overwrite=True)
+    opened = zarr.open_array(str(source), mode="r")
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        segment_to_zarr(checkpoint, opened, source, config=CONFIG, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        segment_to_zarr(checkpoint, source, tmp_path / "missing" / "out.zarr", config=CONFIG)
+    (tmp_path / "other.zarr.partial").write_text("not ours")
+    with pytest.raises(FileExistsError, match="move it away"):
+        segment_to_zarr(checkpoint, source, tmp_path / "other.zarr", config=CONFIG)
+    np.testing.assert_array_equal(zarr.open_array(str(source), mode="r")[...], image)
+
+    # overwrite=True replaces the store (semantic now: other values, other dtype).
+    result = segment_to_zarr(
+        checkpoint, source, output, mode="semantic", config=CONFIG, overwrite=True
+    )
+    assert result.labels.dtype == np.uint16 and before.dtype == np.uint32
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "image.zarr",
+        "other.zarr.partial",
+        "out.zarr",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"block_shape": (0, 64)}, ValueError, "block_shape must be two positive integers"),
+        ({"block_shape": 64}, ValueError, "block_shape must be two positive integers"),
+        ({"mode": "panoptic"}, ValueError, "mode must be"),
+        ({"channel_axis": 0}, ValueError, "expects 1 channel"),
+        ({"torch_threads": 0}, ValueError, "torch_threads"),
+    ],
+)
+def test_bad_arguments_are_rejected(checkpoint, tmp_path, kwargs, error, match):
+    image = np.zeros((3, 64, 64), np.float32)
+    with pytest.raises(error, match=match):
+        segment_to_zarr(checkpoint, image, tmp_path / "out.zarr", config=CONFIG, **kwargs)
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_model_is_required(tmp_path):
+    with pytest.raises(TypeError, match="Checkpoint or a UNet"):
+        segment_to_zarr("model.pt", np.zeros((64, 64)), tmp_path / "out.zarr")
+
+
+def test_cli_zarr_input_without_a_cluster_and_option_errors(checkpoint, stack, tmp_path, capsys):
+    save_checkpoint(tmp_path / "model.pt", checkpoint)
+    write_zarr(tmp_path / "plane.zarr", stack[0], chunks=(32, 32))
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "model.pt"), str(tmp_path / "plane.zarr"), "-o", str(out)]
+    assert cli.main([*args, "--block-size", "64"]) == 0
+    expected = reference(checkpoint, stack[0], InferenceConfig(tile_shape=(64, 64), device="cpu"))
+    labels = zarr.open_array(str(out / "plane.zarr" / "labels"), mode="r")
+    np.testing.assert_array_equal(labels[...], expected.labels)
+    capsys.readouterr()
+
+    assert cli.main([*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert cli.main([*args, "--workers", "0"]) == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+    # Writing the result onto the input is refused before anything is read.
+    same = ["segment", str(tmp_path / "model.pt"), str(out / "plane.zarr"), "-o", str(out)]
+    assert cli.main(same) == 2
+    err = capsys.readouterr().err
+    assert "would replace the input" in err and len(err.strip().splitlines()) == 1
