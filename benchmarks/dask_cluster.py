@@ -19,7 +19,7 @@ network, the part the cluster spreads) and the total. The two runs alternate
 --repeats times, so each repeat gives ratios measured under the same load; the
 table gives the median and range. Ratio = one-process seconds / cluster seconds.
 
-Usage: python benchmarks/distributed.py [--size 8192] [--workers 4] [--block-size 2048]
+Usage: python benchmarks/dask_cluster.py [--size 8192] [--workers 4] [--block-size 2048]
        [--mode instances|semantic] [--repeats 1]
 """
 
@@ -28,28 +28,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# This file is called distributed.py: first on sys.path, its folder would shadow the
-# `distributed` package, here and in the worker processes (which re-import this file).
-# Search the folder last instead; it is still found for _report.
-_FOLDER = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _FOLDER] + [_FOLDER]
+import numpy as np
+import torch
+import zarr
+from _report import spread
+from distributed import Client, LocalCluster
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import zarr  # noqa: E402
-from _report import spread  # noqa: E402
-from distributed import Client, LocalCluster  # noqa: E402
-
-from napari_unet.checkpoint import Checkpoint  # noqa: E402
-from napari_unet.distributed import segment_to_zarr, segment_to_zarr_generator  # noqa: E402
-from napari_unet.inference import InferenceConfig  # noqa: E402
-from napari_unet.model import UNet, UNetConfig  # noqa: E402
-from napari_unet.synthetic import make_touching_nuclei  # noqa: E402
+from napari_unet.checkpoint import Checkpoint
+from napari_unet.distributed import segment_to_zarr, segment_to_zarr_generator
+from napari_unet.inference import InferenceConfig
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.synthetic import make_touching_nuclei
 
 TILE = 1024
 
