@@ -40,8 +40,9 @@ lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
-# The quick benchmark run (about 15 minutes on 2 CPU cores); `bench-full` is the one
-# recorded in docs/benchmarks.md (about 1.5 hours). Both read ../shared/data.
+# The quick benchmark run (about 15 minutes on 2 CPU cores); `bench-full` runs the commands
+# recorded in docs/benchmarks.md, 3 seeds per training row (about 3 hours). Both read
+# ../shared/data.
 bench: venv
 	$(PY) -m pip install --quiet -e ".[benchmarks]"
 	$(PY) benchmarks/weight_map.py --repeats 2
@@ -60,9 +61,9 @@ bench-full: venv
 	$(PY) benchmarks/cpu_options.py --repeats 5
 	$(PY) benchmarks/inference_memory.py --size 8192
 	$(PY) benchmarks/data_pipeline.py --steps 150 --repeats 3
-	$(PY) benchmarks/training.py --minutes 1 2 5 --plot docs/images/training-time-to-accuracy.png
-	$(PY) benchmarks/ablation.py --minutes 5
-	$(PY) benchmarks/isbi.py --minutes 5 20
+	$(PY) benchmarks/training.py --minutes 1 2 5 --repeats 3 --plot docs/images/training-time-to-accuracy.png
+	$(PY) benchmarks/ablation.py --minutes 5 --repeats 3
+	$(PY) benchmarks/isbi.py --minutes 5 20 --repeats 3
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

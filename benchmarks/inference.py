@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from _report import spread
+from _report import add_device_argument, describe_device, spread
 
 from napari_unet.inference import InferenceConfig, ModelPredictor, choose_tile_shape, predict
 from napari_unet.model import UNet, UNetConfig
@@ -51,12 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
+    add_device_argument(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = UNet(UNetConfig()).eval()
-    predictor = ModelPredictor(model, "cpu", "fp32")
-    config = InferenceConfig(device="cpu", precision="fp32")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    predictor = ModelPredictor(model, args.device, "fp32")
+    config = InferenceConfig(device=args.device, precision="fp32")
+    print(describe_device(args.device))
     n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"
     print(f"{n}; throughput ratio = whole-image seconds / tiled seconds, per repeat")
     print("| image | tile (output) | whole-image s | tiled s | tiled Mpx/s | tiled / whole |")

@@ -28,9 +28,8 @@ import sys
 import time
 
 import numpy as np
-import torch
 from _data import add_data_argument, data_directory
-from _report import spread
+from _report import add_device_argument, describe_device, spread
 from scipy import ndimage as ndi
 
 from napari_unet import InferenceConfig, TrainConfig, predict, train
@@ -55,16 +54,18 @@ def read_isbi(directory) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(cells)
 
 
-def run(images: np.ndarray, cells: np.ndarray, minutes: float, seed: int) -> dict[str, float]:
+def run(
+    images: np.ndarray, cells: np.ndarray, minutes: float, seed: int, device: str
+) -> dict[str, float]:
     """Train on slices 00-14 for ``minutes``, score slices 15-19."""
-    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device="cpu")
+    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device=device)
     result = train([(images[list(TRAIN)], cells[list(TRAIN)])], config)
     start = time.perf_counter()
     prediction = predict(
         result.model,
         images[list(TEST)],
         normalization=result.checkpoint.normalization,
-        config=InferenceConfig(device="cpu"),
+        config=InferenceConfig(device=device),
     )
     seconds = time.perf_counter() - start
     predicted = np.asarray(prediction.labels)
@@ -84,11 +85,12 @@ def main() -> None:
     add_data_argument(parser)
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 20.0])
     parser.add_argument("--repeats", type=int, default=1, help="runs per budget (seeds 0..N-1)")
+    add_device_argument(parser)
     args = parser.parse_args()
     images, cells = read_isbi(data_directory(args.data_dir))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(describe_device(args.device))
     runs = {
-        minutes: [run(images, cells, minutes, seed) for seed in range(args.repeats)]
+        minutes: [run(images, cells, minutes, seed, args.device) for seed in range(args.repeats)]
         for minutes in args.minutes
     }
     n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"

@@ -23,15 +23,13 @@ Usage: python benchmarks/training.py [--data-dir ../shared/data] [--minutes 1 2 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from _data import add_data_argument, data_directory, read_nuclei
-from _report import spread
+from _report import add_device_argument, describe_device, spread
 from scipy import ndimage as ndi
 
 from napari_unet import InferenceConfig, TrainConfig, average_precision, predict
@@ -93,10 +91,15 @@ def baseline(image: np.ndarray, labels: np.ndarray) -> tuple[int, dict[str, floa
 
 
 def run(
-    image: np.ndarray, labels: np.ndarray, minutes: float, seed: int, **settings: object
+    image: np.ndarray,
+    labels: np.ndarray,
+    minutes: float,
+    seed: int,
+    device: str = "cpu",
+    **settings: object,
 ) -> dict:
     """Train on rows 0-255 for ``minutes``, score rows 256-511; ``settings`` go to TrainConfig."""
-    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device="cpu", **settings)
+    config = TrainConfig(minutes=minutes, steps=None, seed=seed, device=device, **settings)
     generator = train_generator([(image[:SPLIT], labels[:SPLIT])], config)
     curve: list[tuple[float, float]] = []
     wait = 0.0
@@ -115,7 +118,7 @@ def run(
         result.model,
         image[SPLIT:],
         normalization=checkpoint.normalization,
-        config=InferenceConfig(device="cpu"),
+        config=InferenceConfig(device=device),
     )
     seconds = time.perf_counter() - start
     scores = score(labels[SPLIT:], prediction.labels)
@@ -156,16 +159,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--repeats", type=int, default=1, help="runs per budget (seeds 0..N-1)")
     parser.add_argument("--plot", type=Path, help="save loss curves and scores as a PNG")
+    add_device_argument(parser)
     args = parser.parse_args()
     image, labels = read_nuclei(data_directory(args.data_dir))
-    print(
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+    print(describe_device(args.device))
     min_distance, base = baseline(image, labels)
     runs: dict[float, list[dict]] = {}
     for minutes in args.minutes:
-        runs[minutes] = [run(image, labels, minutes, seed) for seed in range(args.repeats)]
+        runs[minutes] = [
+            run(image, labels, minutes, seed, args.device) for seed in range(args.repeats)
+        ]
     n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"
     print(f"\nrows 256-511, {base['n_pairs']} touching pairs of true nuclei; {n}")
     print("| method | steps | AP@0.5 | AP@0.75 | touching pairs apart | data wait |")
