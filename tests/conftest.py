@@ -29,3 +29,14 @@ def notes():
     notification_manager.notification_ready.connect(keep)
     yield messages
     notification_manager.notification_ready.disconnect(keep)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one PyTorch intra-op thread, then restore the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -31,13 +31,8 @@ BLOCK = (128, 64)
 CONFIG = InferenceConfig(tile_shape=(TILE, TILE), device="cpu", precision="fp32")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One PyTorch thread, as on the dask workers: rounding depends on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One PyTorch thread: as on the dask workers, whose rounding depends on the thread count.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,8 @@ FP32 = {"device": "cpu", "precision": "fp32"}
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One intra-op thread: on a shared 2-core machine more threads only spin.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_unet(depth=2, in_channels=1, n_classes=2, padding="valid", seed=0):
