@@ -102,11 +102,11 @@ def test_the_latest_request_wins_without_piling_up_workers(
     started = []
     start = preview._slot.start
 
-    def start_one(worker, stop_event):
+    def start_one(worker, stop_event, on_finished=None):
         # The previous worker has finished before the next one starts.
         assert preview._slot.worker is None
         started.append(worker)
-        start(worker, stop_event)
+        start(worker, stop_event, on_finished)
 
     monkeypatch.setattr(preview._slot, "start", start_one)
     for w0 in (1.0, 2.0, 3.0, 4.0):

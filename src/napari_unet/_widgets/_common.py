@@ -236,14 +236,29 @@ class WorkerSlot:
         """A worker was started and has not finished (it may not have begun yet)."""
         return self.worker is not None
 
-    def start(self, worker: Any, stop_event: threading.Event) -> None:
-        self.worker, self.stop_event = worker, stop_event
-        worker.finished.connect(lambda: self._finished(worker))
-        worker.start()
+    def start(
+        self,
+        worker: Any,
+        stop_event: threading.Event,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        """Hold ``worker`` until it finishes, then call ``on_finished``.
 
-    def _finished(self, worker: Any) -> None:
-        if self.worker is worker:  # a newer worker may already have taken the slot
-            self.worker = None
+        The slot is released and ``on_finished`` called from one connection to
+        ``finished``: two separate connections are two queued events, and under
+        load the main thread can run the first (which may start the next
+        worker) before the worker thread has posted the second.
+        """
+        self.worker, self.stop_event = worker, stop_event
+
+        def finished() -> None:
+            if self.worker is worker:  # a newer worker may already have taken the slot
+                self.worker = None
+            if on_finished is not None:
+                on_finished()
+
+        worker.finished.connect(finished)
+        worker.start()
 
     def if_open(self, callback: Callable[..., None]) -> Callable[..., None]:
         """Wrap a worker callback so that it does nothing once the widget is closed."""

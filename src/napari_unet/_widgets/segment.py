@@ -353,13 +353,12 @@ class _Session:
         worker = create_worker(_segment, job, _start_thread=False)
         worker.yielded.connect(self.on_tile if job.store is None else self.on_block)
         worker.returned.connect(self.on_returned)
-        worker.finished.connect(self.on_finished)
         self.job = job
         self.gui.call_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = f"Segmenting {job.image_name!r}…"
         self.progress.value = 0
-        self.slot.start(worker, job.stop_event)
+        self.slot.start(worker, job.stop_event, on_finished=self.on_finished)
         return worker
 
     def _make_job(

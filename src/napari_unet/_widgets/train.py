@@ -434,7 +434,6 @@ class TrainWidget(Container):
         worker = create_worker(_training_events, request, stop_event.is_set, _start_thread=False)
         worker.yielded.connect(self.slot.if_open(self._on_event))
         worker.returned.connect(self.slot.if_open(self._on_result))
-        worker.finished.connect(self.slot.if_open(self._on_finished))
         self._request = request
         if request.preview is not None:
             self._prepare_preview_layer(request)
@@ -444,7 +443,7 @@ class TrainWidget(Container):
         self.status.value = "preparing the training data…"
         self.train_button.enabled = False
         self.stop_button.enabled = True
-        self.slot.start(worker, stop_event)
+        self.slot.start(worker, stop_event, on_finished=self.slot.if_open(self._on_finished))
         return worker
 
     def stop(self) -> None:

@@ -250,8 +250,8 @@ class _Preview:
         self._debounce = QTimer()
         self._debounce.setSingleShot(True)
         self._debounce.timeout.connect(self._on_debounce)
-        # A new worker starts from the event loop, after every `finished`
-        # callback of the old one (WorkerSlot's included) has run.
+        # A new worker starts from the event loop, after the old one's `finished`
+        # callback has run and its slot is free.
         self._restart = QTimer()
         self._restart.setSingleShot(True)
         self._restart.setInterval(0)
@@ -335,12 +335,11 @@ class _Preview:
         )
         worker.yielded.connect(partial(self._on_plane, run))
         worker.returned.connect(partial(self._on_returned, run))
-        worker.finished.connect(partial(self._on_finished, run))
         run.worker = worker
         self.run = run
         self._pending = False
         self._set_status("computing…")
-        self._slot.start(worker, run.stop_event)
+        self._slot.start(worker, run.stop_event, on_finished=partial(self._on_finished, run))
 
     def _on_plane(self, run: _Run, plane: PlaneWeights) -> None:
         if run is not self.run or self._closed or run.stop_event.is_set():
