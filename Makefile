@@ -44,22 +44,24 @@ lint: venv
 # recorded in docs/benchmarks.md, 3 seeds per training row (about 3 hours). Both read
 # ../shared/data.
 bench: venv
-	$(PY) -m pip install --quiet -e ".[benchmarks]"
+	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
 	$(PY) benchmarks/weight_map.py --repeats 2
 	$(PY) benchmarks/inference.py --sizes 1024 --repeats 1
 	$(PY) benchmarks/cpu_options.py --repeats 3
 	$(PY) benchmarks/inference_memory.py --size 4096
+	$(PY) benchmarks/dask_cluster.py --size 4096 --workers 4
 	$(PY) benchmarks/data_pipeline.py --steps 50 --repeats 1
 	$(PY) benchmarks/training.py --minutes 1
 	$(PY) benchmarks/ablation.py --minutes 1
 	$(PY) benchmarks/isbi.py --minutes 1
 
 bench-full: venv
-	$(PY) -m pip install --quiet -e ".[benchmarks]"
+	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
 	$(PY) benchmarks/weight_map.py --repeats 5
 	$(PY) benchmarks/inference.py --repeats 3
 	$(PY) benchmarks/cpu_options.py --repeats 5
 	$(PY) benchmarks/inference_memory.py --size 8192
+	$(PY) benchmarks/dask_cluster.py --size 8192 --workers 4 --repeats 3
 	$(PY) benchmarks/data_pipeline.py --steps 150 --repeats 3
 	$(PY) benchmarks/training.py --minutes 1 2 5 --repeats 3 --plot docs/images/training-time-to-accuracy.png
 	$(PY) benchmarks/ablation.py --minutes 5 --repeats 3
