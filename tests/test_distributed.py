@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -414,3 +417,42 @@ def test_cli_zarr_input_without_a_cluster_and_option_errors(checkpoint, stack, t
     assert cli.main(same) == 2
     err = capsys.readouterr().err
     assert "would replace the input" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_names_a_missing_input_before_starting_a_cluster(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
+    save_checkpoint(tmp_path / "model.pt", checkpoint)
+    started = []
+    monkeypatch.setattr(cli, "_dask_client", lambda *args: started.append(args))
+    model, missing = str(tmp_path / "model.pt"), str(tmp_path / "typo.zarr")
+    code = cli.main(["segment", model, missing, "-o", str(tmp_path / "out"), "--workers", "2"])
+    assert code == 1 and not started
+    err = capsys.readouterr().err
+    assert "typo.zarr" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_explains_an_address_that_is_not_a_dask_scheduler(checkpoint, stack, tmp_path, capsys):
+    # The usual mistake: the dashboard's web server instead of the scheduler.
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_like_a_web_server():
+        with server:
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 8)
+
+    thread = threading.Thread(target=answer_like_a_web_server, daemon=True)
+    thread.start()
+    save_checkpoint(tmp_path / "model.pt", checkpoint)
+    write_zarr(tmp_path / "plane.zarr", stack[0], chunks=(32, 32))
+    model, image = str(tmp_path / "model.pt"), str(tmp_path / "plane.zarr")
+    address = f"tcp://127.0.0.1:{port}"
+    code = cli.main(["segment", model, image, "-o", str(tmp_path / "out"), "--scheduler", address])
+    thread.join(timeout=30)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"cannot connect to a dask scheduler at {address}" in err
+    assert "tcp://HOST:8786" in err and "Traceback" not in err

@@ -844,6 +844,10 @@ def _run_segment(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"-o {outdir} is a file; give a folder for the results")
+    for image_path in args.images:
+        # Before any work (and before a cluster starts): a typo should not cost an hour.
+        if not Path(image_path).exists():
+            raise FileNotFoundError(f"No such file or folder: {image_path}.")
     lazily = _segments_lazily(args)
     targets: dict[Path, str] = {}
     for image_path in args.images:
@@ -950,7 +954,15 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except Exception as error:  # refused, timed out, or not a dask scheduler at all
+            raise ConnectionError(
+                f"cannot connect to a dask scheduler at {scheduler} ({type(error).__name__}: "
+                f"{error}); check that the scheduler runs and give its own address, e.g. "
+                "tcp://HOST:8786 as 'dask scheduler' prints it, not its dashboard's (:8787)"
+            ) from error
+        with client:
             yield client
         return
     # The dashboard (if bokeh is installed) on a free port: 8787 may be taken.
