@@ -550,9 +550,13 @@ def test_dask_image_is_segmented_into_a_zarr_backed_layer(
     assert session.status.value.startswith("Done")
     assert session.progress.value == session.progress.max == 1  # one block
     assert errors(notifications) == []
+    store = tmp_path / "big segmentation.zarr"
+    assert infos(notifications) == [f"The segmentation of 'big' is in {store}."]
 
 
-def test_multiscale_image_segments_its_full_resolution(make_napari_viewer, qtbot, nuclei):
+def test_multiscale_image_segments_its_full_resolution(
+    make_napari_viewer, qtbot, nuclei, notifications
+):
     viewer = make_napari_viewer()
     levels = [nuclei, nuclei[::2, ::2], nuclei[::4, ::4]]
     image = viewer.add_image(
@@ -577,6 +581,8 @@ def test_multiscale_image_segments_its_full_resolution(make_napari_viewer, qtbot
     store = Path(str(full.store.root))
     assert store.name == "pyramid segmentation.zarr"
     assert store.parent == Path(segment_module._scratch.name)
+    (notice,) = infos(notifications)
+    assert str(store) in notice and "temporary folder, deleted when napari exits" in notice
 
 
 def test_cancel_keeps_the_finished_blocks_of_a_store(

@@ -120,6 +120,17 @@ def _new_store(folder: Path | None, image_name: str) -> Path:
     return path
 
 
+def _where_the_store_is(image_name: str, path: Path) -> str:
+    """Say where a result store is, and that a temporary one goes when napari exits."""
+    where = f"The segmentation of {image_name!r} is in {path}."
+    if _scratch is not None and Path(_scratch.name) in path.parents:
+        where += (
+            " That is a temporary folder, deleted when napari exits: to keep the result, "
+            "copy that folder elsewhere first, or choose a zarr folder before Run."
+        )
+    return where
+
+
 # -- one run ------------------------------------------------------------------------------
 
 
@@ -515,6 +526,8 @@ class _Session:
             if not self.alive:  # the widget (or the viewer) is gone
                 return
             self._add_store_layers(job, result)
+            if result.completed:
+                show_info(_where_the_store_is(job.image_name, result.path))
             done = "blocks"
         else:
             # The final ids replace the provisional mask in one assignment.
