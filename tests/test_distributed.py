@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 
@@ -20,6 +21,7 @@ from napari_unet.distributed import (
     ZarrSegmentation,
     segment_to_zarr,
     segment_to_zarr_generator,
+    write_levels,
 )
 from napari_unet.inference import InferenceConfig, predict
 from napari_unet.io import open_image
@@ -305,6 +307,49 @@ def test_rgb_semantic_and_same_padding(tmp_path):
     expected = predict(model, image, channel_axis=-1, mode="semantic", config=CONFIG)
     np.testing.assert_array_equal(result.labels[...], expected.labels)
     assert len(np.unique(expected.labels)) >= 2  # not a constant result
+
+
+def test_levels_subsample_labels_and_probabilities_chunk_by_chunk(checkpoint, stack, tmp_path):
+    # Blocks of 64 on 128 x 128 planes: 4 chunks per plane, so levels span chunks.
+    stack = stack[:, :, :120]  # a width that the strides do not divide
+    result = segment_to_zarr(
+        checkpoint, stack, tmp_path / "out.zarr", block_shape=(64, 64), probabilities=True
+    )
+    polls = []
+
+    def go_on() -> bool:
+        polls.append(1)
+        return False
+
+    levels = write_levels(result, [(2, 2), (4, 4), (3, 3), (4, 8)], should_stop=go_on)
+    labels, probabilities = result.labels[...], result.probabilities[...]
+    strides = [(1, 1), (2, 2), (4, 4), (3, 3), (4, 8)]
+    assert len(levels["labels"]) == len(levels["probabilities"]) == len(strides)
+    for (rows, cols), level, level_probabilities in zip(
+        strides, levels["labels"], levels["probabilities"], strict=True
+    ):
+        np.testing.assert_array_equal(level[...], labels[..., ::rows, ::cols])
+        np.testing.assert_array_equal(level_probabilities[...], probabilities[..., ::rows, ::cols])
+        assert level.dtype == labels.dtype
+        assert level.chunks[-2:] == tuple(min(64, n) for n in level.shape[-2:])
+    assert len(np.unique(labels)) > 10  # objects, not a constant result
+    # In the store, by name, for anyone who opens it later.
+    group = zarr.open_group(str(result.path), mode="r")
+    assert {"labels_level1", "labels_level4", "probabilities_level3"} <= set(group.array_keys())
+    assert len(polls) > 4 * len(stack)  # polled between chunks
+
+
+def test_levels_stop_when_asked_and_check_their_input(checkpoint, stack, tmp_path):
+    result = segment_to_zarr(
+        checkpoint, stack[0], tmp_path / "out.zarr", block_shape=(64, 64), mode="semantic"
+    )
+    assert write_levels(result, [(2, 2)], should_stop=lambda: True) == {}
+    for bad in ([(0, 2)], [(2,)], [(2.0, 2)], [(True, 2)]):
+        with pytest.raises(ValueError, match="two positive integers"):
+            write_levels(result, bad)
+    partial = dataclasses.replace(result, completed=False)
+    with pytest.raises(ValueError, match="not complete"):
+        write_levels(partial, [(2, 2)])
 
 
 def test_should_stop_keeps_the_finished_blocks_under_the_partial_name(checkpoint, stack, tmp_path):

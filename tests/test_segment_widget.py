@@ -566,16 +566,24 @@ def test_multiscale_image_segments_its_full_resolution(
     trained_models.add(checkpoint, "classes")
     gui = open_widget(viewer)
 
-    run_and_wait(qtbot, gui, tile_size=64)  # no folder chosen: a temporary one
+    run_and_wait(qtbot, gui, tile_size=64, probabilities=True)  # no folder: a temporary one
 
     output = viewer.layers["pyramid segmentation"]
     assert output.multiscale  # like its input: napari reads full resolution only zoomed in
     full = output.data[0]
     assert isinstance(full, zarr.Array) and full.shape == nuclei.shape
-    reference = expected(checkpoint, nuclei, tile=64).labels
+    prediction = expected(checkpoint, nuclei, tile=64, return_probabilities=True)
+    reference = prediction.labels
     np.testing.assert_array_equal(full[...], reference)
     assert [level.shape for level in output.data] == [level.shape for level in levels]
-    np.testing.assert_array_equal(output.data[2].compute(), reference[::4, ::4])
+    # The lower levels were written into the store once, not subsampled on every redraw.
+    assert all(isinstance(level, zarr.Array) for level in output.data)
+    np.testing.assert_array_equal(output.data[2][...], reference[::4, ::4])
+    membrane = viewer.layers["pyramid probabilities (class 2)"]
+    assert membrane.multiscale and len(membrane.data) == 3
+    np.testing.assert_allclose(
+        np.asarray(membrane.data[1]), prediction.probabilities[1, ::2, ::2], atol=1e-6
+    )
     np.testing.assert_allclose(output.scale, image.scale)
     np.testing.assert_allclose(output.translate, image.translate)
     store = Path(str(full.store.root))

@@ -109,6 +109,7 @@ __all__ = [
     "ZarrSegmentation",
     "segment_to_zarr",
     "segment_to_zarr_generator",
+    "write_levels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -403,6 +404,137 @@ def segment_to_zarr(
 ) -> ZarrSegmentation:
     """Run :func:`segment_to_zarr_generator` to the end and return its :class:`ZarrSegmentation`."""
     return run_to_end(segment_to_zarr_generator(model, image, output, **kwargs))
+
+
+def write_levels(
+    result: ZarrSegmentation,
+    strides: Iterable[tuple[int, int]],
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, list[Any]]:
+    """Add subsampled copies of a result's arrays to its store, for a multiscale view.
+
+    napari shows a multiscale layer from its coarsest level that fits the
+    screen; a level computed on the fly from the full resolution reads the
+    whole store on every redraw of an overview. This writes the levels once.
+    Level ``i`` (1, 2, ...) of ``labels`` is the array ``labels_level{i}`` of
+    the store, ``labels[..., ::rows, ::cols]`` for the ``i``-th ``(rows,
+    cols)`` of ``strides``: plain subsampling, as napari does for labels, so
+    no id is changed or invented. ``probabilities`` gets levels too when the
+    store has them. Each level is read from the finest level already written
+    whose strides divide its own, one chunk at a time, so memory stays
+    bounded by a chunk.
+
+    Parameters
+    ----------
+    result : ZarrSegmentation
+        A completed result of :func:`segment_to_zarr`.
+    strides : iterable of (int, int)
+        Row and column strides of each level from the full resolution, e.g.
+        ``[(2, 2), (4, 4)]``.
+    should_stop : callable, optional
+        Polled between chunks; when it returns True the writing stops.
+
+    Returns
+    -------
+    dict of str to list
+        For ``"labels"`` (and ``"probabilities"``), the levels, full resolution
+        first; empty when stopped.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from napari_unet import UNet, UNetConfig, InferenceConfig
+    >>> model = UNet(UNetConfig(depth=2, base_channels=4, dropout=0.0)).eval()
+    >>> image = np.random.default_rng(0).random((96, 64)).astype(np.float32)
+    >>> config = InferenceConfig(tile_shape=(32, 32), device="cpu", precision="fp32")
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "result.zarr"
+    >>> result = segment_to_zarr(model, image, path, mode="semantic", config=config)
+    >>> levels = write_levels(result, [(2, 2), (4, 4)])
+    >>> [level.shape for level in levels["labels"]]
+    [(96, 64), (48, 32), (24, 16)]
+    >>> bool((levels["labels"][2][:] == result.labels[::4, ::4]).all())
+    True
+    """
+    zarr = _import("zarr")
+    if not result.completed:
+        raise ValueError("The result is not complete; levels are written for complete results.")
+    strides = [_check_stride(stride) for stride in strides]
+    root = zarr.open_group(str(result.path), mode="r+")
+    levels: dict[str, list[Any]] = {}
+    for name in ("labels", "probabilities"):
+        full = getattr(result, name)
+        if full is None:
+            continue
+        written: list[tuple[tuple[int, int], Any]] = [((1, 1), full)]
+        for number, (rows, cols) in enumerate(strides, start=1):
+            # The finest level that this one can be read from (level 0 always can).
+            (source_rows, source_cols), source = max(
+                (level for level in written if rows % level[0][0] == 0 and cols % level[0][1] == 0),
+                key=lambda level: level[0][0] * level[0][1],
+            )
+            step = (rows // source_rows, cols // source_cols)
+            height, width = source.shape[-2:]
+            shape = (*source.shape[:-2], -(-height // step[0]), -(-width // step[1]))
+            chunks = (
+                *source.chunks[:-2],
+                *(min(c, n) for c, n in zip(source.chunks[-2:], shape[-2:], strict=True)),
+            )
+            target = _create_array(root, f"{name}_level{number}", shape, chunks, source.dtype)
+            if not _subsample(source, target, step, should_stop):
+                return {}
+            written.append(((rows, cols), target))
+        levels[name] = [array for _, array in written]
+    return levels
+
+
+def _subsample(
+    source: Any, target: Any, step: tuple[int, int], should_stop: Callable[[], bool] | None
+) -> bool:
+    """Write ``source[..., ::step[0], ::step[1]]`` into ``target``, one source chunk at a time."""
+    height, width = source.shape[-2:]
+    chunk_rows, chunk_cols = source.chunks[-2:]
+    # Leading axes chunked one by one (planes) are looped over; the rest (classes) are read whole.
+    loop = 0
+    while loop < source.ndim - 2 and source.chunks[loop] == 1:
+        loop += 1
+    for index in np.ndindex(*source.shape[:loop]):
+        for top in range(0, height, chunk_rows):
+            for left in range(0, width, chunk_cols):
+                if should_stop is not None and should_stop():
+                    return False
+                # The first kept row and column in this chunk (multiples of the step).
+                row = -(-top // step[0]) * step[0]
+                col = -(-left // step[1]) * step[1]
+                bottom, right = min(top + chunk_rows, height), min(left + chunk_cols, width)
+                if row >= bottom or col >= right:
+                    continue
+                kept = source[(*index, Ellipsis, slice(row, bottom), slice(col, right))]
+                kept = kept[..., :: step[0], :: step[1]]
+                out_row, out_col = row // step[0], col // step[1]
+                target[
+                    (
+                        *index,
+                        Ellipsis,
+                        slice(out_row, out_row + kept.shape[-2]),
+                        slice(out_col, out_col + kept.shape[-1]),
+                    )
+                ] = kept
+    return True
+
+
+def _check_stride(stride: Any) -> tuple[int, int]:
+    try:
+        rows, cols = stride
+    except (TypeError, ValueError):
+        rows = cols = None
+    if not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+        for s in (rows, cols)
+    ):
+        raise ValueError(
+            f"A level's strides must be two positive integers (rows, cols), got {stride!r}."
+        )
+    return int(rows), int(cols)
 
 
 # -- what a task needs ----------------------------------------------------------------------

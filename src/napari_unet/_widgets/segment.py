@@ -46,7 +46,12 @@ from napari_unet._widgets._common import (
 )
 from napari_unet.checkpoint import Checkpoint, CheckpointError, load_model_file
 from napari_unet.device import resolve_device
-from napari_unet.distributed import BlockResult, ZarrSegmentation, segment_to_zarr_generator
+from napari_unet.distributed import (
+    BlockResult,
+    ZarrSegmentation,
+    segment_to_zarr_generator,
+    write_levels,
+)
 from napari_unet.inference import InferenceConfig, Prediction, TileResult, predict_generator
 
 # No ``from __future__ import annotations`` in this module: magicgui reads the
@@ -152,6 +157,8 @@ class _Job:
     store: Path | None = None  # where a lazily read image is segmented to (a zarr store)
     # A multiscale input's lower levels as (rows, columns) strides of its full resolution.
     level_strides: tuple[tuple[int, int], ...] = ()
+    # Those levels of the result, written into its store ("labels", "probabilities").
+    levels: dict[str, list[Any]] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
     tiles: Generator[Any, None, Any] | None = None
     started_at: float = field(default_factory=time.perf_counter)
@@ -198,7 +205,11 @@ def _predict_to_store(job: _Job) -> Generator[BlockResult, None, ZarrSegmentatio
         probabilities=job.probabilities,
         should_stop=job.stop_event.is_set,
     )
-    return (yield from job.tiles)
+    result = yield from job.tiles
+    if result.completed and job.level_strides:
+        # Written once here, so that napari's overviews do not read the whole store.
+        job.levels = write_levels(result, job.level_strides, should_stop=job.stop_event.is_set)
+    return result
 
 
 def _segment(job: _Job) -> Generator[Any, None, Prediction | ZarrSegmentation | Failure]:
@@ -533,7 +544,7 @@ class _Session:
             # The final ids replace the provisional mask in one assignment.
             job.labels_layer.data = result.labels
             if job.probabilities and result.probabilities is not None:
-                self._add_probabilities(job, result.probabilities)
+                self._add_probabilities(job, [result.probabilities])
             done = "tiles"
         seconds = time.perf_counter() - job.started_at
         if result.completed:
@@ -550,45 +561,58 @@ class _Session:
         """Add the Labels layer (and probabilities) that read the zarr store."""
         import dask.array as da
 
-        data: Any = result.labels
-        if job.level_strides:
+        def levels_of(name: str, array: Any) -> list[Any]:
             # Like its input, a multiscale layer: napari then reads the full resolution
-            # only where it is zoomed in. The lower levels subsample the store lazily.
-            lazy = da.from_zarr(result.labels)
-            data = [data] + [lazy[..., ::rows, ::cols] for rows, cols in job.level_strides]
+            # only where it is zoomed in. The levels come from the store; if writing
+            # them was cancelled, they subsample the full resolution on the fly.
+            if not job.level_strides:
+                return [array]
+            if name in job.levels:
+                return job.levels[name]
+            lazy = da.from_zarr(array)
+            return [array] + [lazy[..., ::rows, ::cols] for rows, cols in job.level_strides]
+
+        labels = levels_of("labels", result.labels)
         job.labels_layer = napari.layers.Labels(
-            data,
+            labels if len(labels) > 1 else labels[0],
             name=f"{job.image_name} segmentation",
-            multiscale=bool(job.level_strides),
+            multiscale=len(labels) > 1,
             **job.out_placement,
         )
         job.viewer.add_layer(job.labels_layer)
         if job.probabilities and result.probabilities is not None:
-            self._add_probabilities(job, da.from_zarr(result.probabilities))
+            levels = levels_of("probabilities", result.probabilities)
+            self._add_probabilities(
+                job,
+                [level if isinstance(level, da.Array) else da.from_zarr(level) for level in levels],
+            )
 
-    def _add_probabilities(self, job: _Job, probabilities: Any) -> None:
+    def _add_probabilities(self, job: _Job, levels: list[Any]) -> None:
         """Add probability Image layers just below the segmentation.
 
-        Instances: one layer, the foreground probability. Semantic: one layer
-        per class, named after it (a biologist reads "nuclei probabilities
-        (membrane)" more easily than an extra class axis on a slider).
+        ``levels`` holds the ``(..., K, H, W)`` probabilities, or their
+        multiscale levels, full resolution first. Instances: one layer, the
+        foreground probability. Semantic: one layer per class, named after it
+        (a biologist reads "nuclei probabilities (membrane)" more easily than
+        an extra class axis on a slider).
         """
         checkpoint = job.checkpoint
         name = f"{job.image_name} probabilities"
         if checkpoint.mode == "instances":
-            maps = [(name, 1.0 - probabilities[..., 0, :, :])]
+            maps = [(name, [1.0 - level[..., 0, :, :] for level in levels])]
         else:
             maps = [
-                (f"{name} ({class_name})", probabilities[..., k, :, :])
+                (f"{name} ({class_name})", [level[..., k, :, :] for level in levels])
                 for k, class_name in enumerate(checkpoint.class_names)
             ]
         layers = job.viewer.layers
         for layer_name, data in maps:
             layer = napari.layers.Image(
-                data,
+                data if len(data) > 1 else data[0],
                 name=layer_name,
                 colormap="magma",
                 contrast_limits=(0.0, 1.0),
+                multiscale=len(data) > 1,
                 **job.out_placement,
             )
             if job.labels_layer in layers:
