@@ -515,8 +515,21 @@ def test_worker_error_after_some_tiles_keeps_them(
 # -- dask, zarr and multiscale images: segmented block by block into a zarr store -----------
 
 
+def record_block_statuses(gui, monkeypatch) -> list[str]:
+    """The status line after each finished block of a store run."""
+    session, statuses = session_of(gui), []
+    on_block = session.on_block
+
+    def recording(block):
+        on_block(block)
+        statuses.append(session.status.value)
+
+    monkeypatch.setattr(session, "on_block", recording)
+    return statuses
+
+
 def test_dask_image_is_segmented_into_a_zarr_backed_layer(
-    make_napari_viewer, qtbot, nuclei, tmp_path, notifications
+    make_napari_viewer, qtbot, nuclei, tmp_path, notifications, monkeypatch
 ):
     viewer = make_napari_viewer()
     viewer.add_image(nuclei, name="small")
@@ -529,7 +542,9 @@ def test_dask_image_is_segmented_into_a_zarr_backed_layer(
     gui.image.value = image
     assert not gui.zarr_folder.native.isHidden()
 
+    statuses = record_block_statuses(gui, monkeypatch)
     run_and_wait(qtbot, gui, tile_size=48, probabilities=True, zarr_folder=tmp_path)
+    assert statuses == ["block 1/1; labelling the objects…"]
 
     output = viewer.layers["big segmentation"]
     assert isinstance(output.data, zarr.Array)  # read from the store, not loaded
@@ -555,7 +570,7 @@ def test_dask_image_is_segmented_into_a_zarr_backed_layer(
 
 
 def test_multiscale_image_segments_its_full_resolution(
-    make_napari_viewer, qtbot, nuclei, notifications
+    make_napari_viewer, qtbot, nuclei, notifications, monkeypatch
 ):
     viewer = make_napari_viewer()
     levels = [nuclei, nuclei[::2, ::2], nuclei[::4, ::4]]
@@ -566,7 +581,9 @@ def test_multiscale_image_segments_its_full_resolution(
     trained_models.add(checkpoint, "classes")
     gui = open_widget(viewer)
 
+    statuses = record_block_statuses(gui, monkeypatch)
     run_and_wait(qtbot, gui, tile_size=64, probabilities=True)  # no folder: a temporary one
+    assert statuses == ["block 1/1; writing the overview levels…"]
 
     output = viewer.layers["pyramid segmentation"]
     assert output.multiscale  # like its input: napari reads full resolution only zoomed in

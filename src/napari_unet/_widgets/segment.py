@@ -516,6 +516,14 @@ class _Session:
         self.progress.max = block.count
         self.progress.value = block.done
         self.status.value = f"block {block.done}/{block.count}"
+        if block.done == block.count:
+            # What follows the last block takes a while on a large image: say what it is.
+            after = "labelling the objects" if self.job.checkpoint.mode == "instances" else ""
+            if self.job.level_strides:
+                after = f"{after}, then " if after else ""
+                after += "writing the overview levels"
+            if after:
+                self.status.value += f"; {after}…"
 
     def on_returned(self, result: Prediction | ZarrSegmentation | Failure) -> None:
         """Show the final labels (and probabilities); say if the run was cancelled or failed."""
