@@ -6,6 +6,7 @@ import dataclasses
 import socket
 import threading
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -495,9 +496,13 @@ def test_cli_explains_an_address_that_is_not_a_dask_scheduler(checkpoint, stack,
     write_zarr(tmp_path / "plane.zarr", stack[0], chunks=(32, 32))
     model, image = str(tmp_path / "model.pt"), str(tmp_path / "plane.zarr")
     address = f"tcp://127.0.0.1:{port}"
+    scheduler_before = dask.config.get("scheduler", None)
     code = cli.main(["segment", model, image, "-o", str(tmp_path / "out"), "--scheduler", address])
     thread.join(timeout=30)
     assert code == 1
     err = capsys.readouterr().err
     assert f"cannot connect to a dask scheduler at {address}" in err
     assert "tcp://HOST:8786" in err and "Traceback" not in err
+    # The failed connection left no default client behind for later computations.
+    assert dask.config.get("scheduler", None) == scheduler_before
+    assert da.ones(4).sum().compute() == 4

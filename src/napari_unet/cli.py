@@ -953,9 +953,12 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
+    # set_as_default=False: the client is passed on explicitly, and a default one would
+    # stay in dask's global config (sending every later compute to a cluster) when
+    # connecting fails.
     if scheduler is not None:
         try:
-            client = Client(scheduler)
+            client = Client(scheduler, set_as_default=False)
         except Exception as error:  # refused, timed out, or not a dask scheduler at all
             raise ConnectionError(
                 f"cannot connect to a dask scheduler at {scheduler} ({type(error).__name__}: "
@@ -970,7 +973,7 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster, set_as_default=False) as client,
     ):
         yield client
 
