@@ -345,6 +345,9 @@ def test_levels_stop_when_asked_and_check_their_input(checkpoint, stack, tmp_pat
         checkpoint, stack[0], tmp_path / "out.zarr", block_shape=(64, 64), mode="semantic"
     )
     assert write_levels(result, [(2, 2)], should_stop=lambda: True) == {}
+    # Again, over the unfinished level the stop left behind.
+    (full, half) = write_levels(result, [(2, 2)])["labels"]
+    np.testing.assert_array_equal(half[...], full[::2, ::2])
     for bad in ([(0, 2)], [(2,)], [(2.0, 2)], [(True, 2)]):
         with pytest.raises(ValueError, match="two positive integers"):
             write_levels(result, bad)

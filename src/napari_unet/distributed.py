@@ -422,7 +422,7 @@ def write_levels(
     no id is changed or invented. ``probabilities`` gets levels too when the
     store has them. Each level is read from the finest level already written
     whose strides divide its own, one chunk at a time, so memory stays
-    bounded by a chunk.
+    bounded by a chunk. Levels written by an earlier call are replaced.
 
     Parameters
     ----------
@@ -479,7 +479,10 @@ def write_levels(
                 *source.chunks[:-2],
                 *(min(c, n) for c, n in zip(source.chunks[-2:], shape[-2:], strict=True)),
             )
-            target = _create_array(root, f"{name}_level{number}", shape, chunks, source.dtype)
+            key = f"{name}_level{number}"
+            if key in root:  # from an earlier call: derived data, rewritten
+                del root[key]
+            target = _create_array(root, key, shape, chunks, source.dtype)
             if not _subsample(source, target, step, should_stop):
                 return {}
             written.append(((rows, cols), target))
