@@ -274,9 +274,12 @@ def test_semantic_mode(data, tmp_path):
     assert result.dtype == np.uint16 and set(np.unique(result)) <= {1, 2}
 
 
-def test_ctrl_c_stops_training_and_saves(data, tmp_path, monkeypatch):
+def test_ctrl_c_stops_training_and_saves(data, tmp_path, monkeypatch, request):
     import napari_unet.training as training
 
+    # As in a terminal, whatever pytest inherited (a background job ignores SIGINT).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, inherited))
     real = training.train_generator
 
     def interrupted(*args, **kwargs):
