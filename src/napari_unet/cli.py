@@ -983,7 +983,11 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
     try:
         import dask.array as da
 
-        from napari_unet.distributed import segment_to_zarr_generator
+        from napari_unet.distributed import (
+            overview_strides,
+            segment_to_zarr_generator,
+            write_levels,
+        )
         from napari_unet.inference import InferenceConfig
         from napari_unet.io import LAZY_SUFFIXES, is_zarr_store, open_image, read_image
 
@@ -1029,6 +1033,9 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
                     bar.update()
 
                 result = run_to_end(blocks, show)
+            # Overview levels, so that napari (napari-unet's reader) shows a large result
+            # without reading the whole store on every redraw.
+            write_levels(result, overview_strides(result.labels.shape))
             labels = da.from_zarr(result.labels)
             if checkpoint.mode == "instances":
                 # Ids are 1..N without gaps, so the largest is the number of objects.

@@ -107,6 +107,8 @@ __all__ = [
     "DEFAULT_BLOCK_SHAPE",
     "BlockResult",
     "ZarrSegmentation",
+    "level_arrays",
+    "overview_strides",
     "segment_to_zarr",
     "segment_to_zarr_generator",
     "write_levels",
@@ -257,21 +259,24 @@ def segment_to_zarr_generator(
         If ``output`` would overwrite the input, a parameter is invalid, or the
         image does not suit the model.
     """
-    from napari_unet.checkpoint import Checkpoint
+    from napari_unet.checkpoint import Checkpoint, default_class_names
     from napari_unet.model import UNet
 
     config = config or InferenceConfig()
+    class_names: tuple[str, ...] = ()
     if isinstance(model, Checkpoint):
         model_config, state_dict = model.model_config, model.state_dict
         mode = mode or model.mode
         normalization = normalization or model.normalization
         network = None
+        class_names = model.class_names if mode == model.mode else ()
     elif isinstance(model, UNet):
         model_config, network = model.config, model
         state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     else:
         raise TypeError(f"model must be a Checkpoint or a UNet, got {type(model).__name__}.")
     mode = mode or "instances"
+    class_names = class_names or default_class_names(mode, model_config.n_classes)
     normalization = normalization or Normalization()
     if mode not in ("instances", "semantic"):
         raise ValueError(f'mode must be "instances" or "semantic", got {mode!r}.')
@@ -339,6 +344,7 @@ def segment_to_zarr_generator(
         {
             "napari-unet": {
                 "mode": mode,
+                "class_names": list(class_names),
                 "block_shape": list(blocks),
                 "tile_shape": list(tile_shape),
                 "source": str(source_path) if source_path is not None else None,
@@ -486,7 +492,42 @@ def write_levels(
             if not _subsample(source, target, step, should_stop):
                 return {}
             written.append(((rows, cols), target))
+        number = len(written)
+        while f"{name}_level{number}" in root:  # left by an earlier call with more levels
+            del root[f"{name}_level{number}"]
+            number += 1
         levels[name] = [array for _, array in written]
+    return levels
+
+
+def overview_strides(shape: tuple[int, ...], smallest: int = 1024) -> list[tuple[int, int]]:
+    """Strides 2, 4, 8, ... of the levels that take ``shape`` down to about ``smallest`` pixels.
+
+    The coarsest level is the first whose larger side is at most ``smallest``;
+    an image no larger than that gets none.
+
+    Examples
+    --------
+    >>> overview_strides((8192, 6000))
+    [(2, 2), (4, 4), (8, 8)]
+    >>> overview_strides((1024, 1024))
+    []
+    """
+    largest = max(shape[-2:])
+    strides, stride = [], 2
+    while largest / (stride // 2) > smallest:
+        strides.append((stride, stride))
+        stride *= 2
+    return strides
+
+
+def level_arrays(group: Any, name: str) -> list[Any]:
+    """Return the array ``name`` of a result store and its levels (``name_level1``, ...)."""
+    levels, number = [group[name]], 1
+    members = set(group.array_keys())
+    while f"{name}_level{number}" in members:
+        levels.append(group[f"{name}_level{number}"])
+        number += 1
     return levels
 
 

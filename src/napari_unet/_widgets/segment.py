@@ -34,6 +34,7 @@ from magicgui.widgets import FunctionGui, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
+from napari_unet._reader import probability_maps
 from napari_unet._widgets._common import (
     Failure,
     UserError,
@@ -599,20 +600,11 @@ class _Session:
         """Add probability Image layers just below the segmentation.
 
         ``levels`` holds the ``(..., K, H, W)`` probabilities, or their
-        multiscale levels, full resolution first. Instances: one layer, the
-        foreground probability. Semantic: one layer per class, named after it
-        (a biologist reads "nuclei probabilities (membrane)" more easily than
-        an extra class axis on a slider).
+        multiscale levels, full resolution first; the layers are those the
+        reader of result stores makes (:func:`napari_unet._reader.probability_maps`).
         """
         checkpoint = job.checkpoint
-        name = f"{job.image_name} probabilities"
-        if checkpoint.mode == "instances":
-            maps = [(name, [1.0 - level[..., 0, :, :] for level in levels])]
-        else:
-            maps = [
-                (f"{name} ({class_name})", [level[..., k, :, :] for level in levels])
-                for k, class_name in enumerate(checkpoint.class_names)
-            ]
+        maps = probability_maps(job.image_name, levels, checkpoint.mode, checkpoint.class_names)
         layers = job.viewer.layers
         for layer_name, data in maps:
             layer = napari.layers.Image(
