@@ -340,6 +340,23 @@ def test_levels_subsample_labels_and_probabilities_chunk_by_chunk(checkpoint, st
     assert len(polls) > 4 * len(stack)  # polled between chunks
 
 
+def test_levels_are_written_before_the_store_takes_its_name(checkpoint, stack, tmp_path):
+    image = stack[0]
+    kwargs = {"block_shape": (64, 64), "mode": "semantic", "config": CONFIG}
+    result = segment_to_zarr(checkpoint, image, tmp_path / "a.zarr", levels=[(2, 2)], **kwargs)
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    np.testing.assert_array_equal(group["labels_level1"][...], result.labels[::2, ::2])
+    # A stopped run keeps its .partial name and gets no levels.
+    stopped = segment_to_zarr(
+        checkpoint, image, tmp_path / "b.zarr", levels=[(2, 2)], should_stop=lambda: True, **kwargs
+    )
+    assert not stopped.completed
+    assert "labels_level1" not in set(zarr.open_group(str(stopped.path)).array_keys())
+    with pytest.raises(ValueError, match="two positive integers"):
+        segment_to_zarr(checkpoint, image, tmp_path / "c.zarr", levels=[(0, 2)], **kwargs)
+    assert not (tmp_path / "c.zarr.partial").exists()
+
+
 def test_levels_stop_when_asked_and_check_their_input(checkpoint, stack, tmp_path):
     result = segment_to_zarr(
         checkpoint, stack[0], tmp_path / "out.zarr", block_shape=(64, 64), mode="semantic"

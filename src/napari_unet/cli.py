@@ -983,12 +983,8 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
     try:
         import dask.array as da
 
-        from napari_unet.distributed import (
-            overview_strides,
-            segment_to_zarr_generator,
-            write_levels,
-        )
-        from napari_unet.inference import InferenceConfig
+        from napari_unet.distributed import overview_strides, segment_to_zarr_generator
+        from napari_unet.inference import InferenceConfig, without_channel_axis
         from napari_unet.io import LAZY_SUFFIXES, is_zarr_store, open_image, read_image
 
         if args.workers is not None or args.scheduler is not None:
@@ -1023,6 +1019,9 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
                 probabilities=args.probabilities,
                 client=client,
                 overwrite=True,  # as for TIFF results: files in OUTDIR are replaced
+                # Overview levels, so that napari (napari-unet's reader) shows a large
+                # result without reading the whole store on every redraw.
+                levels=overview_strides(without_channel_axis(shape, channel_axis)),
             )
             with _progress_bar(Path(image_path).name, "block") as bar:
 
@@ -1033,9 +1032,6 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
                     bar.update()
 
                 result = run_to_end(blocks, show)
-            # Overview levels, so that napari (napari-unet's reader) shows a large result
-            # without reading the whole store on every redraw.
-            write_levels(result, overview_strides(result.labels.shape))
             labels = da.from_zarr(result.labels)
             if checkpoint.mode == "instances":
                 # Ids are 1..N without gaps, so the largest is the number of objects.

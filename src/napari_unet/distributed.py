@@ -192,6 +192,7 @@ def segment_to_zarr_generator(
     overwrite: bool = False,
     torch_threads: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    levels: Iterable[tuple[int, int]] = (),
 ) -> Generator[BlockResult, None, ZarrSegmentation]:
     """Segment an image block by block into a zarr store; yield blocks, return the store.
 
@@ -240,6 +241,10 @@ def segment_to_zarr_generator(
         keeps what is done under the ``.partial`` name and returns. Blocks run
         here are labelled as far as they got; on a cluster, pending blocks are
         cancelled and instance labels are not made.
+    levels : iterable of (int, int)
+        Strides of lower-resolution levels to add to a complete result before
+        it takes its name (see :func:`write_levels`), e.g. ``[(2, 2), (4, 4)]``
+        or :func:`overview_strides` of the image; none by default.
 
     Yields
     ------
@@ -281,6 +286,7 @@ def segment_to_zarr_generator(
     if mode not in ("instances", "semantic"):
         raise ValueError(f'mode must be "instances" or "semantic", got {mode!r}.')
     block_shape = _check_block_shape(block_shape)
+    levels = [_check_stride(stride) for stride in levels]
     if torch_threads is not None and (isinstance(torch_threads, bool) or torch_threads < 1):
         raise ValueError(f"torch_threads must be a positive integer or None, got {torch_threads}.")
 
@@ -399,6 +405,9 @@ def segment_to_zarr_generator(
         return _open_result(partial, completed=False)
     if mode == "instances" and not probabilities:
         shutil.rmtree(partial / "foreground")
+    if levels:
+        # Before the rename, so that a store under its final name is complete, levels included.
+        _write_levels(zarr.open_group(str(partial), mode="r+"), levels, None)
     root.attrs["napari-unet"] = {**root.attrs["napari-unet"], "completed": True}
     _replace(partial, output)
     logger.info("Wrote %s", output)
@@ -465,12 +474,19 @@ def write_levels(
     if not result.completed:
         raise ValueError("The result is not complete; levels are written for complete results.")
     strides = [_check_stride(stride) for stride in strides]
-    root = zarr.open_group(str(result.path), mode="r+")
+    return _write_levels(zarr.open_group(str(result.path), mode="r+"), strides, should_stop)
+
+
+def _write_levels(
+    root: Any, strides: list[tuple[int, int]], should_stop: Callable[[], bool] | None
+) -> dict[str, list[Any]]:
+    """Write the levels of ``root``'s labels and probabilities (see :func:`write_levels`)."""
     levels: dict[str, list[Any]] = {}
+    members = set(root.array_keys())
     for name in ("labels", "probabilities"):
-        full = getattr(result, name)
-        if full is None:
+        if name not in members:
             continue
+        full = root[name]
         written: list[tuple[tuple[int, int], Any]] = [((1, 1), full)]
         for number, (rows, cols) in enumerate(strides, start=1):
             # The finest level that this one can be read from (level 0 always can).

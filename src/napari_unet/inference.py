@@ -58,6 +58,7 @@ __all__ = [
     "tile_geometry",
     "tile_starts",
     "tiled_predict",
+    "without_channel_axis",
 ]
 
 logger = logging.getLogger(__name__)
@@ -428,6 +429,22 @@ def choose_tile_shape(
             best = (key, (tile_h, tile_w))
     assert best is not None
     return best[1]
+
+
+def without_channel_axis(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
+    """Return ``shape`` without its channel axis: the shape of the image's labels.
+
+    Examples
+    --------
+    >>> without_channel_axis((5, 512, 256, 3), -1)
+    (5, 512, 256)
+    >>> without_channel_axis((512, 256), None)
+    (512, 256)
+    """
+    if channel_axis is None:
+        return tuple(shape)
+    axis = channel_axis % len(shape)
+    return tuple(shape[:axis]) + tuple(shape[axis + 1 :])
 
 
 def tile_geometry(

@@ -50,10 +50,16 @@ from napari_unet.device import resolve_device
 from napari_unet.distributed import (
     BlockResult,
     ZarrSegmentation,
+    level_arrays,
     segment_to_zarr_generator,
-    write_levels,
 )
-from napari_unet.inference import InferenceConfig, Prediction, TileResult, predict_generator
+from napari_unet.inference import (
+    InferenceConfig,
+    Prediction,
+    TileResult,
+    predict_generator,
+    without_channel_axis,
+)
 
 # No ``from __future__ import annotations`` in this module: magicgui reads the
 # annotations of ``segment_widget`` (the return one included) as real types.
@@ -87,11 +93,8 @@ def _level_strides(
     if not layer.multiscale:
         return ()
 
-    def spatial(shape: tuple[int, ...]) -> tuple[int, int]:
-        if channel_axis is not None:
-            axis = channel_axis % len(shape)
-            shape = shape[:axis] + shape[axis + 1 :]
-        return shape[-2], shape[-1]
+    def spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
+        return without_channel_axis(shape, channel_axis)[-2:]
 
     full = spatial(tuple(layer.data[0].shape))
     strides = []
@@ -158,8 +161,6 @@ class _Job:
     store: Path | None = None  # where a lazily read image is segmented to (a zarr store)
     # A multiscale input's lower levels as (rows, columns) strides of its full resolution.
     level_strides: tuple[tuple[int, int], ...] = ()
-    # Those levels of the result, written into its store ("labels", "probabilities").
-    levels: dict[str, list[Any]] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
     tiles: Generator[Any, None, Any] | None = None
     started_at: float = field(default_factory=time.perf_counter)
@@ -205,12 +206,10 @@ def _predict_to_store(job: _Job) -> Generator[BlockResult, None, ZarrSegmentatio
         config=job.config,
         probabilities=job.probabilities,
         should_stop=job.stop_event.is_set,
+        # Written once into the store, so that napari's overviews do not read it whole.
+        levels=job.level_strides,
     )
-    result = yield from job.tiles
-    if result.completed and job.level_strides:
-        # Written once here, so that napari's overviews do not read the whole store.
-        job.levels = write_levels(result, job.level_strides, should_stop=job.stop_event.is_set)
-    return result
+    return (yield from job.tiles)
 
 
 def _segment(job: _Job) -> Generator[Any, None, Prediction | ZarrSegmentation | Failure]:
@@ -405,10 +404,7 @@ class _Session:
         data, _ = image_array(image)
         shape = tuple(int(s) for s in data.shape)
         channel_axis = _channel_axis(image, shape, checkpoint.model_config.in_channels)
-        if channel_axis is None:
-            out_shape = shape
-        else:
-            out_shape = shape[: channel_axis % len(shape)] + shape[channel_axis % len(shape) + 1 :]
+        out_shape = without_channel_axis(shape, channel_axis)
         if len(out_shape) < 2 or min(out_shape[-2:]) < 2:
             raise UserError(
                 f"{image.name!r} has shape {shape}; segmentation needs 2D planes of at "
@@ -569,15 +565,16 @@ class _Session:
     def _add_store_layers(self, job: _Job, result: ZarrSegmentation) -> None:
         """Add the Labels layer (and probabilities) that read the zarr store."""
         import dask.array as da
+        import zarr
 
         def levels_of(name: str, array: Any) -> list[Any]:
             # Like its input, a multiscale layer: napari then reads the full resolution
-            # only where it is zoomed in. The levels come from the store; if writing
-            # them was cancelled, they subsample the full resolution on the fly.
+            # only where it is zoomed in. A complete store holds the levels; a cancelled
+            # run's are subsampled from its full resolution on the fly.
             if not job.level_strides:
                 return [array]
-            if name in job.levels:
-                return job.levels[name]
+            if result.completed:
+                return level_arrays(zarr.open_group(str(result.path), mode="r"), name)
             lazy = da.from_zarr(array)
             return [array] + [lazy[..., ::rows, ::cols] for rows, cols in job.level_strides]
 
