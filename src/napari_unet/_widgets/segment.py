@@ -143,6 +143,19 @@ def _where_the_store_is(image_name: str, path: Path) -> str:
 # -- one run ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Choices:
+    """What the user chose in the widget for one run (see :func:`segment_widget`)."""
+
+    image: napari.layers.Image | None
+    model: str | None
+    model_file: Path | None
+    device: str
+    probabilities: bool
+    tile_size: int
+    zarr_folder: Path | None = None
+
+
 @dataclass
 class _Job:
     """Everything one run needs; the worker gets only the arrays and settings."""
@@ -350,25 +363,13 @@ class _Session:
         # worker; the slot holds the worker from start to finish.
         return self.slot.worker is not None
 
-    def run(
-        self,
-        viewer: Any,
-        image: napari.layers.Image | None,
-        model: str | None,
-        model_file: Path | None,
-        device: str,
-        probabilities: bool,
-        tile_size: int,
-        zarr_folder: Path | None = None,
-    ) -> GeneratorWorker | None:
+    def run(self, viewer: Any, choices: _Choices) -> GeneratorWorker | None:
         """Check the choices, add the output layer and start the worker."""
         if self.busy:
             show_error("A segmentation is already running; wait for it or press Cancel.")
             return None
         try:
-            job = self._make_job(
-                viewer, image, model, model_file, device, probabilities, tile_size, zarr_folder
-            )
+            job = self._make_job(viewer, choices)
         except UserError as error:
             show_error(str(error))
             return None
@@ -383,22 +384,13 @@ class _Session:
         self.slot.start(worker, job.stop_event, on_finished=self.on_finished)
         return worker
 
-    def _make_job(
-        self,
-        viewer: Any,
-        image: napari.layers.Image | None,
-        model: str | None,
-        model_file: Path | None,
-        device: str,
-        probabilities: bool,
-        tile_size: int,
-        zarr_folder: Path | None = None,
-    ) -> _Job:
+    def _make_job(self, viewer: Any, choices: _Choices) -> _Job:
+        image = choices.image
         if image is None:
             raise UserError("There is no Image layer to segment: open an image first.")
-        checkpoint = _choose_checkpoint(model, model_file)
+        checkpoint = _choose_checkpoint(choices.model, choices.model_file)
         try:
-            resolved = resolve_device(device)
+            resolved = resolve_device(choices.device)
         except ValueError as error:  # e.g. cuda requested, none available
             raise UserError(str(error)) from error
         data, _ = image_array(image)
@@ -410,6 +402,7 @@ class _Session:
                 f"{image.name!r} has shape {shape}; segmentation needs 2D planes of at "
                 f"least 2x2 pixels."
             )
+        tile_size = choices.tile_size
         config = InferenceConfig(
             tile_shape=(tile_size, tile_size) if tile_size > 0 else None,
             device=str(resolved),
@@ -419,7 +412,7 @@ class _Session:
         if _reads_lazily(image):
             # Never loaded into memory: the result goes to a new zarr store, and its
             # layer is added when the worker returns.
-            store = _new_store(zarr_folder, image.name)
+            store = _new_store(choices.zarr_folder, image.name)
             level_strides = _level_strides(image, channel_axis)
         else:
             level_strides = ()
@@ -438,7 +431,7 @@ class _Session:
             channel_axis=channel_axis,
             config=config,
             device=resolved,
-            probabilities=probabilities,
+            probabilities=choices.probabilities,
             image_name=image.name,
             out_shape=out_shape,
             out_placement=out_placement,
@@ -727,6 +720,5 @@ def segment_widget(
     """
     if session is None:
         raise RuntimeError("segment_widget must be created with its widget_init.")
-    return session.run(
-        viewer, image, model, model_file, device, probabilities, tile_size, zarr_folder
-    )
+    choices = _Choices(image, model, model_file, device, probabilities, tile_size, zarr_folder)
+    return session.run(viewer, choices)
