@@ -644,5 +644,10 @@ def test_cancel_keeps_the_finished_blocks_of_a_store(
     labels = output.data[...]
     assert labels[:64, :64].any()
     assert not labels[64:].any() and not labels[:, 64:].any()
-    assert "Segmentation cancelled; the finished blocks are kept." in infos(notifications)
+    # One notice, naming the unfinished store: no folder was chosen, so a temporary one.
+    (notice,) = infos(notifications)
+    assert notice.startswith("Segmentation cancelled; the finished blocks are kept.")
+    store = Path(str(output.data.store.root))
+    assert store.name == "big segmentation.zarr.partial" and str(store) in notice
+    assert "temporary folder, deleted when napari exits" in notice
     assert errors(notifications) == []

@@ -531,12 +531,14 @@ class _Session:
             if self.alive:
                 self.status.value = "Failed."
             return
+        where = ""  # for a store: where it is, since it outlives the layer
         if isinstance(result, ZarrSegmentation):
             if not self.alive:  # the widget (or the viewer) is gone
                 return
             self._add_store_layers(job, result)
+            where = _where_the_store_is(job.image_name, result.path)
             if result.completed:
-                show_info(_where_the_store_is(job.image_name, result.path))
+                show_info(where)
             done = "blocks"
         else:
             # The final ids replace the provisional mask in one assignment.
@@ -549,7 +551,7 @@ class _Session:
             message = f"Done in {seconds:.1f} s."
         else:
             message = f"Cancelled; the finished {done} are kept."
-            show_info(f"Segmentation cancelled; the finished {done} are kept.")
+            show_info(f"Segmentation cancelled; the finished {done} are kept. {where}".strip())
         if self.alive:
             self.status.value = message
             if result.completed:
