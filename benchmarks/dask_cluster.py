@@ -38,6 +38,7 @@ import zarr
 from _report import spread
 from distributed import Client, LocalCluster
 
+from napari_unet._generators import run_to_end
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.distributed import segment_to_zarr, segment_to_zarr_generator
 from napari_unet.inference import InferenceConfig
@@ -62,22 +63,16 @@ def write_image(path: Path, size: int) -> None:
 def timed_run(checkpoint, source, output, config, block, client) -> tuple[float, float]:
     """Return (seconds to the last block, seconds in all) of one run; remove its output."""
     start = time.perf_counter()
-    last_block = start
+    finished = [start]  # when each block finished
     blocks = segment_to_zarr_generator(
         checkpoint, source, output, block_shape=(block, block), config=config, client=client
     )
-    while True:
-        try:
-            next(blocks)
-            last_block = time.perf_counter()
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_to_end(blocks, lambda _: finished.append(time.perf_counter()))
     total = time.perf_counter() - start
     if not result.completed:
         raise RuntimeError("the run did not complete")
     shutil.rmtree(result.path)
-    return last_block - start, total
+    return finished[-1] - start, total
 
 
 def main() -> None:

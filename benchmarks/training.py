@@ -33,6 +33,7 @@ from _report import add_device_argument, describe_device, spread
 from scipy import ndimage as ndi
 
 from napari_unet import InferenceConfig, TrainConfig, average_precision, predict
+from napari_unet._generators import run_to_end
 from napari_unet.metrics import match_instances
 from napari_unet.training import TrainingProgress, train_generator
 
@@ -103,15 +104,14 @@ def run(
     generator = train_generator([(image[:SPLIT], labels[:SPLIT])], config)
     curve: list[tuple[float, float]] = []
     wait = 0.0
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def keep(event) -> None:
+        nonlocal wait
         if isinstance(event, TrainingProgress):
             curve.append((event.elapsed, event.loss))
             wait = event.data_wait_fraction
+
+    result = run_to_end(generator, keep)
     start = time.perf_counter()
     checkpoint = result.checkpoint
     prediction = predict(

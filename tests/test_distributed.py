@@ -16,6 +16,7 @@ import zarr
 from distributed import Client, LocalCluster
 
 from napari_unet import cli
+from napari_unet._generators import run_to_end
 from napari_unet.checkpoint import save_checkpoint
 from napari_unet.distributed import (
     BlockResult,
@@ -161,12 +162,7 @@ def test_cluster_semantic_stack_from_a_zarr_path(checkpoint, stack, client, tmp_
         config=CONFIG,
         client=client,
     )
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_to_end(generator, events.append)
 
     expected = reference(checkpoint, stack, mode="semantic")
     np.testing.assert_array_equal(result.labels[...], expected.labels)
@@ -385,12 +381,7 @@ def test_should_stop_keeps_the_finished_blocks_under_the_partial_name(checkpoint
         config=CONFIG,
         should_stop=lambda: len(seen) >= 1,
     )
-    while True:
-        try:
-            seen.append(next(generator))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_to_end(generator, seen.append)
     assert len(seen) == 1 and not result.completed
     assert result.path == tmp_path / "out.zarr.partial" and not output.exists()
     labels = result.labels[...]

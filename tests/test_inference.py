@@ -382,12 +382,8 @@ def test_tiles_are_yielded_as_they_finish():
     )
     tiles = []
     covered = np.zeros((37, 53), dtype=bool)
-    while True:
-        try:
-            result = next(generator)
-        except StopIteration as stop:
-            prediction = stop.value
-            break
+
+    def check(result):
         assert isinstance(result, TileResult)
         rows, cols = result.region
         assert 0 <= rows.start < rows.stop <= 37
@@ -398,6 +394,7 @@ def test_tiles_are_yielded_as_they_finish():
         covered[rows, cols] = True
         tiles.append(result)
 
+    prediction = run_to_end(generator, check)
     assert isinstance(prediction, Prediction)
     assert prediction.completed
     assert prediction.probabilities is probabilities_out
