@@ -165,7 +165,8 @@ def test_segment_writes_labels_and_probabilities(data, trained, tmp_path):
     assert labels.shape == (96, 96)
     assert labels.dtype == (np.uint16 if labels.max() <= 65535 else np.uint32)
     probabilities = tifffile.imread(outdir / "image2_prob.tif")
-    assert probabilities.shape == (2, 96, 96) and probabilities.dtype == np.float32
+    # The default head: background, interior, boundary.
+    assert probabilities.shape == (3, 96, 96) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
     assert sorted(p.name for p in outdir.iterdir()) == ["image2.tif", "image2_prob.tif"]
     assert "image2.tif" in out
@@ -176,7 +177,47 @@ def test_segment_stack_keeps_the_planes(data, trained, tmp_path):
     status, _, err = run_main(["segment", path, data["stack"], "-o", tmp_path, "--probabilities"])
     assert status == 0, err
     assert tifffile.imread(tmp_path / "stack.tif").shape == (2, 96, 96)
-    assert tifffile.imread(tmp_path / "stack_prob.tif").shape == (2, 2, 96, 96)
+    assert tifffile.imread(tmp_path / "stack_prob.tif").shape == (2, 3, 96, 96)
+
+
+def test_train_with_the_paper_head_and_segment_with_labelling_options(data, tmp_path):
+    model = tmp_path / "paper.pt"
+    status, _, err = run_main(
+        ["train", data["image1"], data["labels1"], "-o", model, "--head", "paper", *FAST]
+    )
+    assert status == 0, err
+    checkpoint = load_checkpoint(model)
+    assert checkpoint.head == "paper" and checkpoint.model_config.n_classes == 2
+    assert checkpoint.metadata["calibration"]["on"] == "training"
+    options = ["--threshold", "0.4", "--seed-threshold", "0.6", "--min-size", "5"]
+    status, _, err = run_main(["segment", model, data["image2"], "-o", tmp_path, *options])
+    assert status == 0, err
+    status, _, err = run_main(
+        ["segment", model, data["image2"], "-o", tmp_path / "tiled", "--tessellate", "--tta"]
+    )
+    assert status == 0, err
+    assert (tifffile.imread(tmp_path / "tiled" / "image2.tif") > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--threshold", "1.5"], "probability"),
+        (["--min-size", "-3"], "integer >= 0"),
+    ],
+)
+def test_bad_labelling_options_are_usage_errors(data, trained, tmp_path, options, message):
+    path, *_ = trained
+    status, _, err = run_main(["segment", path, data["image2"], "-o", tmp_path, *options])
+    assert status == 2 and message in err
+
+
+def test_head_and_semantic_mode_do_not_mix(data, tmp_path):
+    status, _, err = run_main(
+        ["train", data["image1"], data["labels1"], "-o", tmp_path / "m.pt", "--mode",
+         "semantic", "--head", "paper", *FAST]
+    )  # fmt: skip
+    assert status == 2 and "semantic" in err
 
 
 def test_train_on_a_stack(data, tmp_path):

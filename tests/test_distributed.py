@@ -17,7 +17,7 @@ from distributed import Client, LocalCluster
 
 from napari_unet import cli
 from napari_unet._generators import run_to_end
-from napari_unet.checkpoint import save_checkpoint
+from napari_unet.checkpoint import Checkpoint, save_checkpoint
 from napari_unet.distributed import (
     BlockResult,
     ZarrSegmentation,
@@ -29,6 +29,7 @@ from napari_unet.inference import InferenceConfig, predict
 from napari_unet.io import open_image
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.synthetic import make_touching_nuclei
+from napari_unet.tasks import Postprocess
 from napari_unet.training import TrainConfig, train
 
 # Image sizes, blocks and tiles are multiples of the tile: both runs then compute the
@@ -49,6 +50,8 @@ def checkpoint():
     torch.set_num_threads(1)
     image, labels = make_touching_nuclei((128, 128), seed=3)
     config = TrainConfig(
+        head="paper",
+        calibrate=False,
         steps=60,
         seed=0,
         device="cpu",
@@ -88,7 +91,8 @@ def client():
 
 
 def reference(checkpoint, image, config=CONFIG, **kwargs):
-    kwargs.setdefault("mode", checkpoint.mode)
+    kwargs.setdefault("task", checkpoint.task)
+    kwargs.setdefault("postprocess", checkpoint.postprocess)
     return predict(
         checkpoint.build_model(),
         image,
@@ -158,13 +162,13 @@ def test_cluster_semantic_stack_from_a_zarr_path(checkpoint, stack, client, tmp_
         source,  # each worker opens the path itself
         tmp_path / "classes.zarr",
         block_shape=(64, 64),
-        mode="semantic",
+        task="semantic",
         config=CONFIG,
         client=client,
     )
     result = run_to_end(generator, events.append)
 
-    expected = reference(checkpoint, stack, mode="semantic")
+    expected = reference(checkpoint, stack, task="semantic")
     np.testing.assert_array_equal(result.labels[...], expected.labels)
     assert result.labels.dtype == np.uint16 and result.labels.chunks == (1, 64, 64)
     assert set(np.unique(expected.labels)) == {1, 2}
@@ -298,10 +302,10 @@ def test_rgb_semantic_and_same_padding(tmp_path):
         tmp_path / "out.zarr",
         block_shape=(64, 64),
         channel_axis=-1,
-        mode="semantic",
+        task="semantic",
         config=CONFIG,
     )
-    expected = predict(model, image, channel_axis=-1, mode="semantic", config=CONFIG)
+    expected = predict(model, image, channel_axis=-1, task="semantic", config=CONFIG)
     np.testing.assert_array_equal(result.labels[...], expected.labels)
     assert len(np.unique(expected.labels)) >= 2  # not a constant result
 
@@ -338,7 +342,7 @@ def test_levels_subsample_labels_and_probabilities_chunk_by_chunk(checkpoint, st
 
 def test_levels_are_written_before_the_store_takes_its_name(checkpoint, stack, tmp_path):
     image = stack[0]
-    kwargs = {"block_shape": (64, 64), "mode": "semantic", "config": CONFIG}
+    kwargs = {"block_shape": (64, 64), "task": "semantic", "config": CONFIG}
     result = segment_to_zarr(checkpoint, image, tmp_path / "a.zarr", levels=[(2, 2)], **kwargs)
     group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
     np.testing.assert_array_equal(group["labels_level1"][...], result.labels[::2, ::2])
@@ -355,7 +359,7 @@ def test_levels_are_written_before_the_store_takes_its_name(checkpoint, stack, t
 
 def test_levels_stop_when_asked_and_check_their_input(checkpoint, stack, tmp_path):
     result = segment_to_zarr(
-        checkpoint, stack[0], tmp_path / "out.zarr", block_shape=(64, 64), mode="semantic"
+        checkpoint, stack[0], tmp_path / "out.zarr", block_shape=(64, 64), task="semantic"
     )
     assert write_levels(result, [(2, 2)], should_stop=lambda: True) == {}
     # Again, over the unfinished level the stop left behind.
@@ -422,7 +426,7 @@ def test_existing_output_and_input_are_protected(checkpoint, stack, tmp_path):
 
     # overwrite=True replaces the store (semantic now: other values, other dtype).
     result = segment_to_zarr(
-        checkpoint, source, output, mode="semantic", config=CONFIG, overwrite=True
+        checkpoint, source, output, task="semantic", config=CONFIG, overwrite=True
     )
     assert result.labels.dtype == np.uint16 and before.dtype == np.uint32
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -437,7 +441,7 @@ def test_existing_output_and_input_are_protected(checkpoint, stack, tmp_path):
     [
         ({"block_shape": (0, 64)}, ValueError, "block_shape must be two positive integers"),
         ({"block_shape": 64}, ValueError, "block_shape must be two positive integers"),
-        ({"mode": "panoptic"}, ValueError, "mode must be"),
+        ({"task": "panoptic"}, ValueError, "Unknown task"),
         ({"channel_axis": 0}, ValueError, "expects 1 channel"),
         ({"torch_threads": 0}, ValueError, "torch_threads"),
     ],
@@ -517,3 +521,23 @@ def test_cli_explains_an_address_that_is_not_a_dask_scheduler(checkpoint, stack,
     # The failed connection left no default client behind for later computations.
     assert dask.config.get("scheduler", None) == scheduler_before
     assert da.ones(4).sum().compute() == 4
+
+
+def test_a_three_class_store_equals_predict(stack, tmp_path):
+    """Both maps of the three-class head go to the store and are labelled as predict does."""
+    network = UNet(UNetConfig(depth=2, base_channels=4, n_classes=3, dropout=0.0)).eval()
+    three_class = Checkpoint.from_model(
+        network,
+        mode="instances",
+        head="three-class",
+        postprocess=Postprocess(threshold=0.5, seed_threshold=0.4, min_seed_size=3, min_size=2),
+    )
+    image = stack[0]
+    result = segment_to_zarr(
+        three_class, image, tmp_path / "a.zarr", block_shape=(64, 64), probabilities=True
+    )
+    expected = reference(three_class, image, return_probabilities=True)
+    np.testing.assert_array_equal(result.labels[...], expected.labels)
+    group = zarr.open_group(str(result.path), mode="r")
+    np.testing.assert_allclose(group["interior"][...], expected.probabilities[1], atol=1e-6)
+    assert group.attrs["napari-unet"]["task"] == "three-class"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import dask.array as da
@@ -28,6 +29,7 @@ from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 from napari_unet.postprocess import label_instances
 from napari_unet.synthetic import make_touching_nuclei
+from napari_unet.tasks import PaperInstances
 
 FP32 = {"device": "cpu", "precision": "fp32"}
 
@@ -212,7 +214,7 @@ def test_tiled_prediction_equals_whole_image_pass(nuclei_image, depth):
         prediction = predict(
             model,
             nuclei_image,
-            mode="semantic",
+            task="semantic",
             normalization=normalization,
             config=InferenceConfig(tile_shape=tile_shape, **FP32),
             return_probabilities=True,
@@ -252,7 +254,7 @@ def test_tiny_images_match_whole_image_pass(shape):
         prediction = predict(
             model,
             image,
-            mode="semantic",
+            task="semantic",
             normalization=normalization,
             config=InferenceConfig(tile_shape=tile_shape, **FP32),
             return_probabilities=True,
@@ -275,7 +277,7 @@ def test_identity_predictor_reproduces_normalised_image(shape, tile_shape):
     prediction = predict(
         model,
         image,
-        mode="semantic",
+        task="semantic",
         normalization=normalization,
         config=InferenceConfig(tile_shape=tile_shape, **FP32),
         return_probabilities=True,
@@ -313,7 +315,7 @@ def test_tile_inputs_are_windows_of_the_mirrored_image(shape, tile_shape):
         predict_generator(
             model,
             image,
-            mode="semantic",
+            task="semantic",
             normalization=normalization,
             config=InferenceConfig(tile_shape=tile_shape, **FP32),
             predictor=recording,
@@ -339,7 +341,7 @@ def test_same_padding_model_is_cropped_like_a_valid_one():
     prediction = predict(
         model,
         image,
-        mode="semantic",
+        task="semantic",
         normalization=Normalization(),
         config=InferenceConfig(tile_shape=(8, 16), **FP32),
         return_probabilities=True,
@@ -356,7 +358,7 @@ def test_same_padding_model_runs_tiled():
     prediction = predict(
         model,
         image,
-        mode="semantic",
+        task="semantic",
         config=InferenceConfig(tile_shape=(16, 16), **FP32),
         return_probabilities=True,
     )
@@ -376,7 +378,7 @@ def test_tiles_are_yielded_as_they_finish():
     generator = predict_generator(
         model,
         image,
-        mode="semantic",
+        task="semantic",
         config=InferenceConfig(tile_shape=(12, 20), **FP32),
         probabilities_out=probabilities_out,
     )
@@ -420,7 +422,7 @@ def test_should_stop_ends_early_and_keeps_finished_tiles():
         predict_generator(
             model,
             image,
-            mode="semantic",
+            task="semantic",
             config=InferenceConfig(tile_shape=(12, 12), **FP32),
             return_probabilities=True,
             should_stop=should_stop,
@@ -453,7 +455,7 @@ def test_should_stop_in_a_stack_skips_later_planes():
         predict_generator(
             model,
             stack,
-            mode="instances",
+            task="paper",
             config=InferenceConfig(tile_shape=(8, 8), **FP32),
             return_probabilities=True,
             should_stop=should_stop,
@@ -469,7 +471,7 @@ def test_predict_returns_the_generators_result():
     image = np.random.default_rng(10).random((30, 30)).astype(np.float32)
     model = tiny_unet(depth=2)
     kwargs = {
-        "mode": "semantic",
+        "task": "semantic",
         "config": InferenceConfig(tile_shape=(12, 12), **FP32),
         "return_probabilities": True,
     }
@@ -477,7 +479,7 @@ def test_predict_returns_the_generators_result():
     from_predict = predict(model, image, **kwargs)
     np.testing.assert_array_equal(from_predict.probabilities, from_generator.probabilities)
     np.testing.assert_array_equal(from_predict.labels, from_generator.labels)
-    assert predict(model, image, mode="semantic", config=kwargs["config"]).probabilities is None
+    assert predict(model, image, task="semantic", config=kwargs["config"]).probabilities is None
 
 
 # ---------------------------------------------------------------------------
@@ -492,14 +494,14 @@ def test_stack_is_processed_plane_by_plane():
     model = tiny_unet(depth=2)
     config = InferenceConfig(tile_shape=(12, 16), **FP32)
     tiles, prediction = run_generator(
-        predict_generator(model, stack, mode="semantic", config=config, return_probabilities=True)
+        predict_generator(model, stack, task="semantic", config=config, return_probabilities=True)
     )
     assert prediction.labels.shape == (3, 29, 41)
     assert prediction.probabilities.shape == (3, 2, 29, 41)
     assert [tile.plane for tile in tiles] == sorted(tile.plane for tile in tiles)
     assert {tile.plane for tile in tiles} == {0, 1, 2}
     for z in range(3):
-        single = predict(model, stack[z], mode="semantic", config=config, return_probabilities=True)
+        single = predict(model, stack[z], task="semantic", config=config, return_probabilities=True)
         np.testing.assert_array_equal(prediction.probabilities[z], single.probabilities)
         np.testing.assert_array_equal(prediction.labels[z], single.labels)
 
@@ -512,7 +514,7 @@ def test_four_dimensional_stack_with_identity_predictor():
     prediction = predict(
         model,
         stack,
-        mode="semantic",
+        task="semantic",
         normalization=normalization,
         config=InferenceConfig(tile_shape=(8, 8), **FP32),
         return_probabilities=True,
@@ -531,13 +533,13 @@ def test_rgb_channel_last_and_channel_first_agree():
     model = tiny_unet(depth=2, in_channels=3)
     config = InferenceConfig(tile_shape=(12, 20), **FP32)
     last = predict(
-        model, rgb, channel_axis=-1, mode="semantic", config=config, return_probabilities=True
+        model, rgb, channel_axis=-1, task="semantic", config=config, return_probabilities=True
     )
     first = predict(
         model,
         np.moveaxis(rgb, -1, 0).copy(),
         channel_axis=0,
-        mode="semantic",
+        task="semantic",
         config=config,
         return_probabilities=True,
     )
@@ -557,7 +559,7 @@ def test_rgb_channels_keep_their_order():
         model,
         rgb,
         channel_axis=-1,
-        mode="semantic",
+        task="semantic",
         normalization=normalization,
         config=InferenceConfig(tile_shape=(8, 8), **FP32),
         return_probabilities=True,
@@ -573,11 +575,11 @@ def test_stack_of_rgb_planes():
     model = tiny_unet(depth=2, in_channels=3)
     config = InferenceConfig(tile_shape=(8, 8), **FP32)
     prediction = predict(
-        model, stack, channel_axis=-1, mode="semantic", config=config, return_probabilities=True
+        model, stack, channel_axis=-1, task="semantic", config=config, return_probabilities=True
     )
     assert prediction.probabilities.shape == (2, 2, 17, 19)
     single = predict(
-        model, stack[1], channel_axis=-1, mode="semantic", config=config, return_probabilities=True
+        model, stack[1], channel_axis=-1, task="semantic", config=config, return_probabilities=True
     )
     np.testing.assert_array_equal(prediction.probabilities[1], single.probabilities)
 
@@ -626,7 +628,7 @@ def test_instances_crossing_tile_borders_keep_one_id():
     prediction = predict(
         model,
         foreground,  # Normalization(0, 100) maps it onto itself
-        mode="instances",
+        task="paper",
         normalization=Normalization(0.0, 100.0),
         config=config,
         return_probabilities=True,
@@ -653,10 +655,11 @@ def test_instances_mode_with_the_model():
     config = InferenceConfig(tile_shape=(12, 12), **FP32)
     prediction = predict(model, image, config=config, return_probabilities=True)
     assert prediction.labels.dtype == np.uint32
+    settings = PaperInstances.default_postprocess
     expected = label_instances(
         1.0 - prediction.probabilities[0],
-        threshold=config.threshold,
-        seed_threshold=config.seed_threshold,
+        threshold=settings.threshold,
+        seed_threshold=settings.seed_threshold,
     )
     np.testing.assert_array_equal(prediction.labels, expected)
 
@@ -695,7 +698,7 @@ def test_dask_input_semantic_into_memmap_and_zarr(tmp_path):
     stack = rng.random((2, 45, 38)).astype(np.float32)
     model = tiny_unet(depth=2, n_classes=3)
     config = InferenceConfig(tile_shape=(12, 12), **FP32)
-    expected = predict(model, stack, mode="semantic", config=config, return_probabilities=True)
+    expected = predict(model, stack, task="semantic", config=config, return_probabilities=True)
 
     labels_out = np.lib.format.open_memmap(
         tmp_path / "labels.npy", mode="w+", dtype=np.uint16, shape=(2, 45, 38)
@@ -704,7 +707,7 @@ def test_dask_input_semantic_into_memmap_and_zarr(tmp_path):
     prediction = predict(
         model,
         da.from_array(stack, chunks=(1, 16, 16)),
-        mode="semantic",
+        task="semantic",
         config=config,
         labels_out=labels_out,
         probabilities_out=probabilities_out,
@@ -732,7 +735,7 @@ def test_bf16_on_cpu_agrees_with_fp32():
         results[precision] = predict(
             model,
             image,
-            mode="semantic",
+            task="semantic",
             config=InferenceConfig(tile_shape=(20, 20), device="cpu", precision=precision),
             return_probabilities=True,
         )
@@ -758,9 +761,7 @@ def test_bf16_on_cpu_agrees_with_fp32():
         ({"max_tile_pixels": 0}, "max_tile_pixels"),
         ({"threshold": 0.0}, "threshold"),
         ({"threshold": 1.0}, "threshold"),
-        ({"threshold": 0.5, "seed_threshold": 0.5}, "seed_threshold"),
         ({"threshold": 0.5, "seed_threshold": 1.0}, "seed_threshold"),
-        ({"threshold": 0.7, "seed_threshold": 0.6}, "seed_threshold"),
         ({"device": "gpu"}, "device"),
         ({"precision": "fp64"}, "precision"),
     ],
@@ -819,9 +820,75 @@ def test_one_pixel_images_are_rejected(shape):
         (np.ones((5, 5), bool), {}, TypeError, "numbers"),
         (np.ones((5, 5), complex), {}, TypeError, "numbers"),
         ([[1.0, 2.0], [3.0, 4.0]], {}, TypeError, "must be an array"),
-        (np.ones((5, 5), np.float32), {"mode": "panoptic"}, ValueError, "mode"),
+        (np.ones((5, 5), np.float32), {"task": "panoptic"}, ValueError, "Unknown task"),
     ],
 )
 def test_bad_images_and_modes_are_rejected(image, kwargs, error, match):
     with pytest.raises(error, match=match):
         predict(tiny_unet(depth=2), image, config=InferenceConfig(**FP32), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Test-time augmentation
+# ---------------------------------------------------------------------------
+
+
+def symmetric_unet(depth=2):
+    """A U-Net whose every kernel is invariant under the 8 flips and rotations.
+
+    Such a network commutes with those transforms (its pooling pairs the same
+    pixels in a transformed valid tile), so averaging over them changes nothing.
+    """
+    model = tiny_unet(depth=depth)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 4:
+                kernels = [
+                    torch.rot90(flipped, quarter, dims=(-2, -1))
+                    for flipped in (parameter, parameter.flip(-1))
+                    for quarter in range(4)
+                ]
+                parameter.copy_(torch.stack(kernels).mean(0))
+    return model
+
+
+def test_tta_equals_the_plain_pass_for_a_flip_symmetric_network():
+    image = np.random.default_rng(3).random((60, 52)).astype(np.float32)
+    model = symmetric_unet()
+    config = InferenceConfig(tile_shape=(24, 24), **FP32)
+    plain = predict(model, image, task="paper", config=config, return_probabilities=True)
+    augmented = predict(
+        model,
+        image,
+        task="paper",
+        config=dataclasses.replace(config, tta=True),
+        return_probabilities=True,
+    )
+    np.testing.assert_allclose(augmented.probabilities, plain.probabilities, atol=1e-5)
+    # ...while for an ordinary network the average differs.
+    ordinary = tiny_unet()
+    assert not np.allclose(
+        predict(ordinary, image, task="paper", config=config, return_probabilities=True)
+        .probabilities,
+        predict(
+            ordinary, image, task="paper", config=dataclasses.replace(config, tta=True),
+            return_probabilities=True,
+        ).probabilities,
+        atol=1e-4,
+    )  # fmt: skip
+
+
+def test_tta_does_not_depend_on_the_tiling():
+    image = np.random.default_rng(4).random((70, 90)).astype(np.float32)
+    model = tiny_unet()
+    results = [
+        predict(
+            model,
+            image,
+            task="paper",
+            config=InferenceConfig(tile_shape=tile, tta=True, **FP32),
+            return_probabilities=True,
+        ).probabilities
+        for tile in ((24, 32), (80, 96))
+    ]
+    np.testing.assert_allclose(results[0], results[1], atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -38,10 +39,11 @@ def tiny_checkpoint(mode: str = "instances", **config) -> Checkpoint:
 
 def expected(checkpoint: Checkpoint, image, tile: int | None = None, **kwargs):
     config = InferenceConfig(tile_shape=(tile, tile) if tile else None, device="cpu")
+    kwargs.setdefault("postprocess", checkpoint.postprocess)
     return predict(
         checkpoint.build_model(),
         image,
-        mode=checkpoint.mode,
+        task=checkpoint.task,
         normalization=checkpoint.normalization,
         config=config,
         **kwargs,
@@ -651,3 +653,68 @@ def test_cancel_keeps_the_finished_blocks_of_a_store(
     assert store.name == "big segmentation.zarr.partial" and str(store) in notice
     assert "temporary folder, deleted when napari exits" in notice
     assert errors(notifications) == []
+
+
+def test_labelling_settings_relabel_the_last_result_without_the_network(
+    make_napari_viewer, qtbot, nuclei, monkeypatch
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+    session = session_of(gui)
+    controls = session.labelling
+    run_and_wait(qtbot, gui, tile_size=48)
+    output = viewer.layers[-1]
+    # The controls show the model's settings, which the run used.
+    assert controls.threshold.value == pytest.approx(checkpoint.postprocess.threshold)
+    assert not controls.reset_button.enabled
+    before = np.array(output.data)
+
+    calls = []
+    monkeypatch.setattr(
+        segment_module, "predict_generator", lambda *a, **k: calls.append(1)
+    )  # the network must not run again
+    controls.min_size.value = nuclei.size + 1  # larger than any object: all are dropped
+    qtbot.waitUntil(lambda: not output.data.any(), timeout=TIMEOUT_MS)
+    assert not calls and controls.reset_button.enabled
+    assert "your settings" in controls.heading.value
+    controls.reset_button.changed.emit(True)
+    qtbot.waitUntil(lambda: np.array_equal(output.data, before), timeout=TIMEOUT_MS)
+
+
+def test_the_users_labelling_settings_apply_to_the_next_run(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+    controls = session_of(gui).labelling
+    controls.threshold.value = 0.3
+    controls.seed_threshold.value = 0.9
+    run_and_wait(qtbot, gui, tile_size=48)
+    settings = dataclasses.replace(
+        checkpoint.postprocess, threshold=0.3, seed_threshold=0.9, min_size=0
+    )
+    reference = expected(checkpoint, nuclei, tile=48, postprocess=settings)
+    np.testing.assert_array_equal(viewer.layers[-1].data, reference.labels)
+
+
+def test_test_time_augmentation_from_the_widget(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    gui = open_widget(viewer)
+    run_and_wait(qtbot, gui, tile_size=48, tta=True)
+    config = InferenceConfig(tile_shape=(48, 48), device="cpu", tta=True)
+    reference = predict(
+        checkpoint.build_model(),
+        nuclei,
+        task=checkpoint.task,
+        postprocess=checkpoint.postprocess,
+        normalization=checkpoint.normalization,
+        config=config,
+    )
+    np.testing.assert_array_equal(viewer.layers[-1].data, reference.labels)

@@ -21,7 +21,15 @@ from napari_unet.training import (
 )
 
 # A tiny network and tile so that most tests take a fraction of a second.
-TINY = {"base_channels": 4, "depth": 2, "tile_size": 92, "device": "cpu", "dropout": 0.0}
+# calibrate=False: the calibration has tests of its own (below and in test_tasks.py).
+TINY = {
+    "base_channels": 4,
+    "depth": 2,
+    "tile_size": 92,
+    "device": "cpu",
+    "dropout": 0.0,
+    "calibrate": False,
+}
 
 
 def run(generator):
@@ -67,7 +75,7 @@ def test_zero_weight_pixels_do_not_count_whatever_their_target():
 
 def test_instances_data_uses_separated_target_and_boundary_weights(nuclei):
     image, labels = nuclei
-    data = prepare_training_data([(image, labels)], mode="instances")
+    data = prepare_training_data([(image, labels)], task="paper")
     (sample,) = data.samples
     assert data.n_classes == 2 and data.in_channels == 1
     assert sample.image.shape == (1, 96, 96) and sample.image.dtype == np.float32
@@ -96,7 +104,7 @@ def test_semantic_mode_ignores_unlabelled_pixels():
     labels[:10] = 1
     labels[-10:] = 2
     labels[30:34, 30:34] = 3
-    data = prepare_training_data([(image, labels)], mode="semantic")
+    data = prepare_training_data([(image, labels)], task="semantic")
     (sample,) = data.samples
     assert data.n_classes == 3
     assert (sample.weights[labels == 0] == 0).all()
@@ -277,7 +285,7 @@ def test_semantic_training_runs_and_predicts_classes():
     labels[:, :20] = 1
     labels[:, 44:] = 2
     result = train([(image, labels)], TrainConfig(mode="semantic", steps=30, **TINY))
-    prediction = predict(result.model, image, mode="semantic", config=InferenceConfig(device="cpu"))
+    prediction = predict(result.model, image, task="semantic", config=InferenceConfig(device="cpu"))
     assert set(np.unique(prediction.labels)) <= {1, 2}
     assert prediction.labels.shape == image.shape
 
@@ -287,8 +295,43 @@ def test_training_on_synthetic_nuclei_reaches_ap_0_8_on_a_held_out_image():
     image, labels = make_touching_nuclei((256, 256), seed=0)
     held_out, truth = make_touching_nuclei((256, 256), seed=2)
     result = train([(image, labels)], TrainConfig(steps=500, seed=0, device="cpu"))
-    prediction = predict(result.model, held_out, config=InferenceConfig(device="cpu"))
+    checkpoint = result.checkpoint
+    assert checkpoint.task.name == "three-class"  # the default head
+    prediction = predict(
+        result.model,
+        held_out,
+        task=checkpoint.task,
+        postprocess=checkpoint.postprocess,
+        normalization=checkpoint.normalization,
+        config=InferenceConfig(device="cpu"),
+    )
     assert average_precision(truth, prediction.labels, 0.5) >= 0.8
+
+
+@pytest.mark.parametrize("with_validation", [True, False])
+def test_training_calibrates_the_labelling_and_says_where(nuclei, with_validation):
+    image, labels = nuclei
+    validation = (image, labels) if with_validation else None
+    config = TrainConfig(steps=3, **{**TINY, "calibrate": True})
+    events, result = run(train_generator([(image, labels)], config, validation=validation))
+    messages = [e.text for e in events if isinstance(e, TrainingMessage)]
+    assert len(messages) == 1 and "calibrated" in messages[0]
+    assert ("validation image" in messages[0]) == with_validation
+    calibration = result.checkpoint.metadata["calibration"]
+    assert calibration["on"] == ("validation" if with_validation else "training")
+    assert calibration["score"] >= calibration["default_score"]
+    assert result.checkpoint.postprocess is not None
+
+
+def test_a_head_is_kept_when_fine_tuning(nuclei):
+    image, labels = nuclei
+    first = train([(image, labels)], TrainConfig(steps=1, head="paper", **TINY))
+    assert first.checkpoint.head == "paper" and first.model.config.n_classes == 2
+    tuned = train([(image, labels)], TrainConfig(steps=1, **TINY), initial=first.checkpoint)
+    assert tuned.checkpoint.head == "paper"
+    with pytest.raises(ValueError, match="keeps the model's head"):
+        train([(image, labels)], TrainConfig(steps=1, head="three-class", **TINY),
+              initial=first.checkpoint)  # fmt: skip
 
 
 def test_fine_tuning_checks_the_tile_against_the_starting_architecture(nuclei):

@@ -48,6 +48,7 @@ import torch
 from napari_unet.checkpoint import Checkpoint, CheckpointError
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
+from napari_unet.tasks import Postprocess
 
 __all__ = [
     "CONFIG_KEY",
@@ -392,6 +393,12 @@ def _checkpoint_from(
             model_config=UNetConfig(**settings["model_config"]),
             state_dict=state_dict,
             mode=settings["mode"],
+            head=settings.get("head"),
+            postprocess=(
+                Postprocess.from_dict(settings["postprocess"])
+                if settings.get("postprocess") is not None
+                else None
+            ),
             class_names=tuple(str(name) for name in settings["class_names"]),
             normalization=Normalization.from_dict(settings["normalization"]),
             metadata={**dict(settings.get("metadata") or {}), "loaded_from": "bioimageio"},

@@ -37,6 +37,7 @@ from napari_unet import __version__
 from napari_unet._atomic import atomic_destination
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
+from napari_unet.tasks import Postprocess, Task, task_for
 
 __all__ = [
     "FORMAT_VERSION",
@@ -68,6 +69,13 @@ class Checkpoint:
         The network's weights.
     mode : {"instances", "semantic"}
         What the labels mean (objects, or classes 1..K).
+    head : str, optional
+        The instance head (:mod:`napari_unet.tasks`): "paper" or
+        "three-class". Files written before heads existed have none and are
+        the paper's.
+    postprocess : Postprocess, optional
+        How an instance model's maps become objects, as calibrated after
+        training; default the task's defaults.
     class_names : tuple of str
         Name of each output class, background first.
     normalization : Normalization
@@ -82,12 +90,24 @@ class Checkpoint:
     class_names: tuple[str, ...] = ()
     normalization: Normalization = field(default_factory=Normalization)
     metadata: dict[str, Any] = field(default_factory=dict)
+    head: str | None = None
+    postprocess: Postprocess | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("instances", "semantic"):
             raise ValueError(f'mode must be "instances" or "semantic", got {self.mode!r}.')
+        if self.mode == "instances" and self.head is None:
+            self.head = "paper"  # files from before heads existed
+        task = self.task
+        if task.instances and task.n_classes(0) != self.model_config.n_classes:
+            raise ValueError(
+                f"The {task.name!r} head has {task.n_classes(0)} outputs but the network "
+                f"has {self.model_config.n_classes}."
+            )
+        if self.postprocess is None and task.instances:
+            self.postprocess = task.default_postprocess
         if not self.class_names:
-            self.class_names = default_class_names(self.mode, self.model_config.n_classes)
+            self.class_names = default_class_names(task, self.model_config.n_classes)
         if len(self.class_names) != self.model_config.n_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but the model has "
@@ -111,16 +131,17 @@ class Checkpoint:
             ) from error
         return model.eval()
 
+    @property
+    def task(self) -> Task:
+        """What the model's outputs mean and how they become labels."""
+        return task_for(self.mode, self.head)
 
-def default_class_names(mode: Mode, n_classes: int) -> tuple[str, ...]:
-    """Instances: background first, then "object"; semantic: "class 1" .. "class K"."""
-    if mode == "instances":
-        return (
-            ("background", "object")
-            if n_classes == 2
-            else tuple(["background"] + [f"class {k}" for k in range(1, n_classes)])
-        )
-    return tuple(f"class {k}" for k in range(1, n_classes + 1))
+
+def default_class_names(task: Task | str, n_classes: int) -> tuple[str, ...]:
+    """Return the task's names of its output classes ("background", "object"; "class 1" ..)."""
+    if isinstance(task, str):
+        task = task_for(task, "paper" if task == "instances" else None)
+    return task.class_names(n_classes)
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
@@ -138,6 +159,10 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "format_version": FORMAT_VERSION,
         "model_config": checkpoint.model_config.to_dict(),
         "mode": checkpoint.mode,
+        "head": checkpoint.head,
+        "postprocess": (
+            checkpoint.postprocess.to_dict() if checkpoint.postprocess is not None else None
+        ),
         "class_names": list(checkpoint.class_names),
         "normalization": checkpoint.normalization.to_dict(),
         "metadata": metadata,
@@ -186,6 +211,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             model_config=UNetConfig(**payload["model_config"]),
             state_dict=payload["state_dict"],
             mode=payload["mode"],
+            head=payload.get("head"),
+            postprocess=(
+                Postprocess.from_dict(payload["postprocess"])
+                if payload.get("postprocess") is not None
+                else None
+            ),
             class_names=tuple(payload["class_names"]),
             normalization=Normalization.from_dict(payload["normalization"]),
             metadata=dict(payload.get("metadata", {})),

@@ -40,6 +40,7 @@ import numpy as np
 
 from napari_unet import __version__
 from napari_unet._generators import run_to_end
+from napari_unet.tasks import INSTANCE_HEADS
 
 __all__ = ["build_parser", "main"]
 
@@ -106,6 +107,17 @@ def _positive_float(text: str) -> float:
 
 def _non_negative_float(text: str) -> float:
     return _number(text, allow_zero=True)
+
+
+def _probability(text: str) -> float:
+    value = _number(text, allow_zero=False)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _seed(text)
 
 
 def _device(text: str) -> str:
@@ -193,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="'instances' (default; objects on background, touching objects kept apart) or "
         "'semantic' (label values are classes); with --from, the model's mode",
+    )
+    train.add_argument(
+        "--head",
+        choices=INSTANCE_HEADS,
+        default=None,
+        help=f"what the network learns in instances mode: '{INSTANCE_HEADS[0]}' (default; "
+        "background / object interior / object boundary) or 'paper' (background / "
+        "foreground with a gap between touching objects, as in the paper); with --from, "
+        "the model's head",
     )
     budget = train.add_mutually_exclusive_group()
     budget.add_argument(
@@ -289,6 +310,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write <image name>_prob.tif: float32 class probabilities, the class axis "
         "after the plane axes",
+    )
+    labelling = segment.add_argument_group(
+        "labelling objects",
+        "An instance model stores the settings calibrated on its training annotations; "
+        "these options override them.",
+    )
+    labelling.add_argument(
+        "--threshold",
+        type=_probability,
+        default=None,
+        metavar="P",
+        help="foreground probability above which a pixel belongs to an object",
+    )
+    labelling.add_argument(
+        "--seed-threshold",
+        type=_probability,
+        default=None,
+        metavar="P",
+        help="probability above which pixels seed an object (interior for the three-class "
+        "head, foreground for the paper's)",
+    )
+    labelling.add_argument(
+        "--min-size",
+        type=_non_negative_int,
+        default=None,
+        metavar="PX",
+        help="drop objects smaller than this many pixels",
+    )
+    labelling.add_argument(
+        "--tessellate",
+        action="store_true",
+        help="grow the objects over every pixel so that they tile the image (cells between "
+        "membranes in electron microscopy)",
+    )
+    labelling.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the 8 flips and rotations (8x slower)",
     )
     large = segment.add_argument_group(
         "large images",
@@ -639,6 +698,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
     initial = load_model_file(args.initial) if args.initial is not None else None
     mode = args.mode or (initial.mode if initial is not None else "instances")
+    if args.head is not None and mode == "semantic":
+        raise UsageError("--head chooses an instance head; leave it out in semantic mode")
+    if initial is not None and args.head not in (None, initial.head):
+        raise UsageError(
+            f"{args.initial} has the {initial.head!r} head but --head is {args.head!r}; "
+            "leave out --head to fine-tune it, or leave out --from to start a new model"
+        )
     if initial is not None and initial.mode != mode:
         raise ValueError(
             f"{args.initial} was trained in {initial.mode!r} mode but --mode is {mode!r}; "
@@ -752,6 +818,7 @@ def _train_config(args: argparse.Namespace, mode: str, initial: Any) -> Any:
     try:
         return TrainConfig(
             mode=mode,
+            head=args.head,
             steps=steps,
             minutes=args.minutes,
             tile_size=tile,
@@ -838,7 +905,7 @@ def _label_dtype(labels: np.ndarray) -> type[np.unsignedinteger[Any]]:
 def _run_segment(args: argparse.Namespace) -> int:
     from napari_unet.checkpoint import load_model_file
     from napari_unet.device import resolve_device
-    from napari_unet.inference import ImagePlanes, InferenceConfig, predict_generator
+    from napari_unet.inference import ImagePlanes, predict_generator
     from napari_unet.io import read_image, write_tiff
 
     outdir = Path(args.output)
@@ -877,7 +944,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         return _segment_large_images(args, checkpoint, outdir)
     model = checkpoint.build_model()
     in_channels = checkpoint.model_config.in_channels
-    config = InferenceConfig(device=args.device)
+    config = _inference_config(args)
     outdir.mkdir(parents=True, exist_ok=True)
 
     for image_path in args.images:
@@ -887,7 +954,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             model,
             image,
             channel_axis=channel_axis,
-            mode=checkpoint.mode,
+            task=checkpoint.task,
+            postprocess=_postprocess(args, checkpoint),
             normalization=checkpoint.normalization,
             config=config,
             return_probabilities=args.probabilities,
@@ -919,6 +987,35 @@ def _run_segment(args: argparse.Namespace) -> int:
             write_tiff(prob_target, probabilities, axes=f"{plane_axes}CYX")
             print(f"{image_path} -> {prob_target} (probabilities)")
     return EXIT_OK
+
+
+def _inference_config(args: argparse.Namespace) -> Any:
+    """Return the segment command's device, labelling overrides and test-time augmentation."""
+    from napari_unet.inference import InferenceConfig
+
+    try:
+        return InferenceConfig(
+            device=args.device,
+            threshold=args.threshold,
+            seed_threshold=args.seed_threshold,
+            min_size=args.min_size,
+            tta=args.tta,
+        )
+    except ValueError as error:
+        raise UsageError(_one_line(error)) from error
+
+
+def _postprocess(args: argparse.Namespace, checkpoint: Any) -> Any:
+    """Return the model's labelling settings, tessellating when asked."""
+    from dataclasses import replace
+
+    if checkpoint.postprocess is None:
+        if args.tessellate:
+            raise UsageError("--tessellate needs an instance model; this one is semantic")
+        return None
+    if not args.tessellate:
+        return checkpoint.postprocess
+    return replace(checkpoint.postprocess, tessellate=True)
 
 
 # -- segment: large images --------------------------------------------------------------
@@ -984,7 +1081,7 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
         import dask.array as da
 
         from napari_unet.distributed import overview_strides, segment_to_zarr_generator
-        from napari_unet.inference import InferenceConfig, without_channel_axis
+        from napari_unet.inference import without_channel_axis
         from napari_unet.io import LAZY_SUFFIXES, is_zarr_store, open_image, read_image
 
         if args.workers is not None or args.scheduler is not None:
@@ -996,7 +1093,7 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
         name = error.name or "a package"
         _print_error(f"segmenting large images needs {name}; install it with {LARGE_DATA_EXTRA}")
         return EXIT_FAILURE
-    config = InferenceConfig(device=args.device)
+    config = _inference_config(args)
     in_channels = checkpoint.model_config.in_channels
     outdir.mkdir(parents=True, exist_ok=True)
     with _dask_client(args.workers, args.scheduler) as client:
@@ -1016,6 +1113,7 @@ def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Pat
                 block_shape=(args.block_size, args.block_size),
                 channel_axis=channel_axis,
                 config=config,
+                postprocess=_postprocess(args, checkpoint),
                 probabilities=args.probabilities,
                 client=client,
                 overwrite=True,  # as for TIFF results: files in OUTDIR are replaced

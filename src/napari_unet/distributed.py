@@ -62,11 +62,11 @@ Examples
 >>> config = InferenceConfig(tile_shape=(32, 32), device="cpu", precision="fp32")
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "result.zarr"
 >>> result = segment_to_zarr(
-...     model, image, path, block_shape=(64, 64), mode="semantic", config=config
+...     model, image, path, block_shape=(64, 64), task="semantic", config=config
 ... )
 >>> result.labels.shape, result.labels.chunks
 ((96, 64), (64, 64))
->>> same = predict(model, image, mode="semantic", config=config).labels
+>>> same = predict(model, image, task="semantic", config=config).labels
 >>> bool((result.labels[:] == same).all())
 True
 """
@@ -85,7 +85,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -95,13 +95,16 @@ from napari_unet.inference import (
     InferenceConfig,
     ModelPredictor,
     _crop_predictor,
+    check_outputs,
+    labels_dtype,
+    test_time_augmented,
     tile_geometry,
     tile_starts,
     tiled_predict,
 )
 from napari_unet.io import LARGE_DATA_EXTRA, is_zarr_store, open_image
 from napari_unet.normalization import Normalization
-from napari_unet.postprocess import label_instances
+from napari_unet.tasks import Postprocess, Task, get_task
 
 __all__ = [
     "DEFAULT_BLOCK_SHAPE",
@@ -116,7 +119,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["instances", "semantic"]
 
 #: Default block (and output chunk) shape in pixels.
 DEFAULT_BLOCK_SHAPE = (2048, 2048)
@@ -184,7 +186,8 @@ def segment_to_zarr_generator(
     *,
     block_shape: tuple[int, int] = DEFAULT_BLOCK_SHAPE,
     channel_axis: int | None = None,
-    mode: Mode | None = None,
+    task: str | Task | None = None,
+    postprocess: Postprocess | None = None,
     normalization: Normalization | None = None,
     config: InferenceConfig | None = None,
     probabilities: bool = False,
@@ -200,7 +203,7 @@ def segment_to_zarr_generator(
     ----------
     model : Checkpoint or UNet
         The trained network. A :class:`~napari_unet.checkpoint.Checkpoint` also
-        gives the mode and the normalisation.
+        gives the task, the labelling settings and the normalisation.
     image : array or path
         A 2D image or a stack of 2D planes, optionally with a channel axis: a
         numpy, zarr or dask array, or the path of a zarr store, OME-Zarr image
@@ -217,16 +220,20 @@ def segment_to_zarr_generator(
         longer tasks and less context read twice.
     channel_axis : int, optional
         Axis of channels (-1 for RGB); must match the model's ``in_channels``.
-    mode : {"instances", "semantic"}, optional
-        Default: the checkpoint's mode ("instances" for a bare network).
+    task : str or Task, optional
+        What the outputs mean (:mod:`napari_unet.tasks`). Default: the
+        checkpoint's task ("paper" for a bare network).
+    postprocess : Postprocess, optional
+        How an instance task's maps become objects. Default: the checkpoint's
+        calibrated settings (the task's defaults for a bare network).
     normalization : Normalization, optional
         Default: the checkpoint's (percentiles 1 and 99.8 for a bare network).
     config : InferenceConfig, optional
         Tile size, thresholds, device and precision. Without a tile size the
         tiles are chosen to cover one block.
     probabilities : bool
-        Also keep ``probabilities`` (all classes) and, in ``instances`` mode,
-        ``foreground`` in the store.
+        Also keep ``probabilities`` (all classes) and, for an instance task,
+        its maps (``foreground``; ``interior`` for ``three-class``) in the store.
     client : distributed.Client, optional
         Run the blocks on this dask cluster. Default: here, one after another.
     overwrite : bool
@@ -264,27 +271,29 @@ def segment_to_zarr_generator(
         If ``output`` would overwrite the input, a parameter is invalid, or the
         image does not suit the model.
     """
-    from napari_unet.checkpoint import Checkpoint, default_class_names
+    from napari_unet.checkpoint import Checkpoint
     from napari_unet.model import UNet
 
     config = config or InferenceConfig()
     class_names: tuple[str, ...] = ()
     if isinstance(model, Checkpoint):
         model_config, state_dict = model.model_config, model.state_dict
-        mode = mode or model.mode
+        task = get_task(task) if task is not None else model.task
         normalization = normalization or model.normalization
         network = None
-        class_names = model.class_names if mode == model.mode else ()
+        if task.name == model.task.name:
+            class_names = model.class_names
+            postprocess = postprocess or model.postprocess
     elif isinstance(model, UNet):
         model_config, network = model.config, model
         state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     else:
         raise TypeError(f"model must be a Checkpoint or a UNet, got {type(model).__name__}.")
-    mode = mode or "instances"
-    class_names = class_names or default_class_names(mode, model_config.n_classes)
+    task = get_task(task or "paper")
+    check_outputs(task, model_config.n_classes)
+    settings = config.postprocess(postprocess or task.default_postprocess)
+    class_names = class_names or task.class_names(model_config.n_classes)
     normalization = normalization or Normalization()
-    if mode not in ("instances", "semantic"):
-        raise ValueError(f'mode must be "instances" or "semantic", got {mode!r}.')
     block_shape = _check_block_shape(block_shape)
     levels = [_check_stride(stride) for stride in levels]
     if torch_threads is not None and (isinstance(torch_threads, bool) or torch_threads < 1):
@@ -333,10 +342,9 @@ def segment_to_zarr_generator(
     root = zarr.open_group(str(partial), mode="w")
     plane_chunks = (1,) * len(planes.plane_shape)
     out_shape = (*planes.plane_shape, *spatial)
-    labels_dtype = np.uint32 if mode == "instances" else np.uint16
-    _create_array(root, "labels", out_shape, (*plane_chunks, *blocks), labels_dtype)
-    if mode == "instances":
-        _create_array(root, "foreground", out_shape, (*plane_chunks, *blocks), np.float32)
+    _create_array(root, "labels", out_shape, (*plane_chunks, *blocks), labels_dtype(task))
+    for name in task.map_names:
+        _create_array(root, name, out_shape, (*plane_chunks, *blocks), np.float32)
     n_classes = model_config.n_classes
     if probabilities:
         _create_array(
@@ -349,7 +357,8 @@ def segment_to_zarr_generator(
     root.attrs.update(
         {
             "napari-unet": {
-                "mode": mode,
+                "mode": task.mode,
+                "task": task.name,
                 "class_names": list(class_names),
                 "block_shape": list(blocks),
                 "tile_shape": list(tile_shape),
@@ -360,7 +369,7 @@ def segment_to_zarr_generator(
     )
     plan = _Plan(
         store=str(partial),
-        mode=mode,
+        task=task.name,
         channel_axis=channel_axis,
         plane_shape=planes.plane_shape,
         n_classes=n_classes,
@@ -368,6 +377,7 @@ def segment_to_zarr_generator(
         border=border,
         align=step,
         same_padding=model_config.padding == "same",
+        tta=config.tta,
         probabilities=probabilities,
         device=config.device,
         precision=config.precision,
@@ -389,22 +399,18 @@ def segment_to_zarr_generator(
 
     completed = yield from _passing(runs, note)
 
-    if mode == "instances" and (completed or client is None):
-        foreground = root["foreground"]
+    if task.instances and (completed or client is None):
         labels = root["labels"]
         for plane in sorted(reached) if not completed else range(planes.n_planes):
             index = _plane_index(plane, planes.plane_shape)
-            label_instances(
-                _PlaneOf(foreground, index),
-                threshold=config.threshold,
-                seed_threshold=config.seed_threshold,
-                out=_PlaneOf(labels, index),
-            )
+            maps = [_PlaneOf(root[name], index) for name in task.map_names]
+            task.label_plane(maps, settings, out=_PlaneOf(labels, index))
     if not completed:
         logger.info("Stopped; the finished blocks are in %s", partial)
         return _open_result(partial, completed=False)
-    if mode == "instances" and not probabilities:
-        shutil.rmtree(partial / "foreground")
+    if not probabilities:
+        for name in task.map_names:
+            shutil.rmtree(partial / name)
     if levels:
         # Before the rename, so that a store under its final name is complete, levels included.
         _write_levels(zarr.open_group(str(partial), mode="r+"), levels, None)
@@ -463,7 +469,7 @@ def write_levels(
     >>> image = np.random.default_rng(0).random((96, 64)).astype(np.float32)
     >>> config = InferenceConfig(tile_shape=(32, 32), device="cpu", precision="fp32")
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "result.zarr"
-    >>> result = segment_to_zarr(model, image, path, mode="semantic", config=config)
+    >>> result = segment_to_zarr(model, image, path, task="semantic", config=config)
     >>> levels = write_levels(result, [(2, 2), (4, 4)])
     >>> [level.shape for level in levels["labels"]]
     [(96, 64), (48, 32), (24, 16)]
@@ -605,7 +611,7 @@ class _Plan:
     """Settings shared by every block of a run (sent with each task)."""
 
     store: str
-    mode: str
+    task: str
     channel_axis: int | None
     plane_shape: tuple[int, ...]
     n_classes: int
@@ -613,6 +619,7 @@ class _Plan:
     border: int
     align: int
     same_padding: bool
+    tta: bool
     probabilities: bool
     device: str
     precision: str
@@ -717,18 +724,19 @@ def _run_block(
         planes, task.plane, task.rows, task.cols, plan.tile_shape, plan.border, plan.align
     )
     shape = (window.height, window.width)
-    if plan.mode == "instances":
-        values = np.zeros(shape, np.float32)  # the foreground probability
+    task_ = get_task(plan.task)
+    if task_.instances:
+        values = np.zeros((len(task_.map_names), *shape), np.float32)
     else:
         values = np.zeros(shape, np.uint16)  # class ids 1..K
     probabilities = np.zeros((plan.n_classes, *shape), np.float32) if plan.probabilities else None
 
     def keep(result: Any) -> None:
         rows, cols = result.region
-        if plan.mode == "instances":
-            values[rows, cols] = 1.0 - result.probabilities[0]
+        if task_.instances:
+            values[:, rows, cols] = task_.tile_maps(result.probabilities)
         else:
-            values[rows, cols] = np.argmax(result.probabilities, axis=0) + 1
+            values[rows, cols] = task_.tile_labels(result.probabilities)
         if probabilities is not None:
             probabilities[:, rows, cols] = result.probabilities
 
@@ -744,9 +752,10 @@ def _run_block(
     )
     finished = bool(run_to_end(tiles, keep))
     index = _plane_index(task.plane, plan.plane_shape)
-    name = "foreground" if plan.mode == "instances" else "labels"
-    target = zarr.open_array(os.path.join(plan.store, name), mode="r+")
-    target[(*index, task.rows, task.cols)] = values
+    outputs = zip(task_.map_names, values, strict=True) if task_.instances else [("labels", values)]
+    for name, output in outputs:
+        target = zarr.open_array(os.path.join(plan.store, name), mode="r+")
+        target[(*index, task.rows, task.cols)] = output
     if probabilities is not None:
         target = zarr.open_array(os.path.join(plan.store, "probabilities"), mode="r+")
         target[(*index, slice(None), task.rows, task.cols)] = probabilities
@@ -759,6 +768,8 @@ def _make_predictor(network: Any, plan: _Plan) -> Callable[[np.ndarray], np.ndar
     )
     if plan.same_padding:
         predictor = _crop_predictor(predictor, plan.border)
+    if plan.tta:
+        predictor = test_time_augmented(predictor)
     return predictor
 
 

@@ -48,7 +48,7 @@ from napari_unet import __version__
 from napari_unet._atomic import atomic_destination
 from napari_unet.bioimageio import CONFIG_KEY, PACKAGE_FORMAT_VERSION
 from napari_unet.checkpoint import Checkpoint
-from napari_unet.inference import ImagePlanes, InferenceConfig, ModelPredictor
+from napari_unet.inference import ImagePlanes, ModelPredictor
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 
@@ -179,15 +179,18 @@ def _size_text(config: UNetConfig) -> str:
     )
 
 
-def _postprocessing_text(mode: str) -> str:
-    defaults = InferenceConfig()
-    if mode == "instances":
-        return (
-            "instances: foreground = 1 - p(background) (channel 0); objects are the "
-            f"connected components of foreground > {defaults.threshold}, split by a watershed "
-            f"seeded where foreground > {defaults.seed_threshold}"
-        )
-    return "semantic: class id = 1 + the index of the most probable channel"
+def _postprocessing_text(checkpoint: Checkpoint) -> str:
+    task, settings = checkpoint.task, checkpoint.postprocess
+    if not task.instances or settings is None:
+        return "semantic: class id = 1 + the index of the most probable channel"
+    seeds = "foreground" if len(task.map_names) == 1 else "p(interior) (channel 1)"
+    return (
+        f"instances ({task.name} head): foreground = 1 - p(background) (channel 0); objects "
+        f"grow by a watershed over foreground > {settings.threshold:g} from seeds where "
+        f"{seeds} > {settings.seed_threshold:g} (seeds of fewer than "
+        f"{settings.min_seed_size} pixels do not count; objects of fewer than "
+        f"{settings.min_size} pixels are dropped)"
+    )
 
 
 def _normalization_text(normalization: Normalization) -> str:
@@ -253,7 +256,11 @@ def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
             }
         ),
         "mode": checkpoint.mode,
-        "postprocessing": _postprocessing_text(checkpoint.mode),
+        "task": checkpoint.task.name,
+        "postprocess": json.dumps(
+            checkpoint.postprocess.to_dict() if checkpoint.postprocess is not None else None
+        ),
+        "postprocessing": _postprocessing_text(checkpoint),
         "class_names": json.dumps(list(checkpoint.class_names)),
         "model_config": json.dumps(config.to_dict()),
         "citation": f"{CITATION['text']} doi:{CITATION['doi']}",
@@ -390,7 +397,7 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:
         f"Input: {metadata['input']}; valid height and width: {metadata['valid_input_sizes']}. "
         f"Normalisation: {_normalization_text(checkpoint.normalization)}. "
         f"Output: {metadata['output']}, shape {metadata['output_shape']}. "
-        f"Classes: {', '.join(checkpoint.class_names)} ({_postprocessing_text(checkpoint.mode)})."
+        f"Classes: {', '.join(checkpoint.class_names)} ({_postprocessing_text(checkpoint)})."
     )
     onnx.checker.check_model(model)
     serialized = model.SerializeToString()
@@ -563,20 +570,14 @@ def _write_cover(
     import imageio.v3 as iio
     from skimage.color import label2rgb
 
-    from napari_unet.postprocess import label_instances
-
     border = checkpoint.model_config.border
     height, width = probabilities.shape[-2:]
     region = raw[:, border : border + height, border : border + width]
-    if checkpoint.mode == "instances":
-        defaults = InferenceConfig()
-        labels = label_instances(
-            1.0 - probabilities[0],
-            threshold=defaults.threshold,
-            seed_threshold=defaults.seed_threshold,
-        )
+    task = checkpoint.task
+    if task.instances:
+        labels = task.label_plane(task.tile_maps(probabilities), checkpoint.postprocess)
     else:
-        labels = np.argmax(probabilities, axis=0) + 1
+        labels = task.tile_labels(probabilities)
     colours = (label2rgb(labels, bg_label=0, bg_color=(0, 0, 0)) * 255).round().astype(np.uint8)
     cover = np.concatenate([_display_image(region, low, high), colours], axis=1)
     zoom = max(1, 256 // height)
@@ -652,7 +653,7 @@ def _documentation(checkpoint: Checkpoint, info: PackageInfo) -> str:
             f"a large image, tile it with {border} pixels of context on each side of every "
             "tile, mirroring the image at its edges, as napari-unet does.",
             f"- Labels from the probabilities ({checkpoint.mode} mode): "
-            f"{_postprocessing_text(checkpoint.mode)}.",
+            f"{_postprocessing_text(checkpoint)}.",
             "",
             "## Training",
             "",
@@ -841,6 +842,10 @@ def _description(
                 "package_version": __version__,
                 "model_config": config.to_dict(),
                 "mode": checkpoint.mode,
+                "head": checkpoint.head,
+                "postprocess": (
+                    checkpoint.postprocess.to_dict() if checkpoint.postprocess is not None else None
+                ),
                 "class_names": list(checkpoint.class_names),
                 "normalization": normalization.to_dict(),
                 "state_dict": _FILES["state_dict"],

@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from napari_unet.device import (
 )
 from napari_unet.model import UNet
 from napari_unet.normalization import Normalization
-from napari_unet.postprocess import label_instances
+from napari_unet.tasks import Postprocess, Task, get_task, with_overrides
 
 __all__ = [
     "ImagePlanes",
@@ -55,6 +55,7 @@ __all__ = [
     "TileResult",
     "predict",
     "predict_generator",
+    "test_time_augmented",
     "tile_geometry",
     "tile_starts",
     "tiled_predict",
@@ -63,7 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["instances", "semantic"]
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
@@ -80,12 +80,18 @@ class InferenceConfig:
     max_tile_pixels : int
         Upper bound on the output pixels of an automatically chosen tile; it
         bounds memory (about 0.5 KB per pixel for the default network).
-    threshold : float
+    threshold : float, optional
         Foreground probability above which a pixel belongs to an object
-        (``instances`` mode).
-    seed_threshold : float or None
-        Probability above which pixels seed a watershed that splits touching
-        objects; None uses plain connected components.
+        (instance tasks). None keeps the model's (calibrated) setting.
+    seed_threshold : float, optional
+        Probability above which pixels seed the watershed that splits touching
+        objects. None keeps the model's setting.
+    min_seed_size, min_size : int, optional
+        Smallest seed and smallest object, in pixels; None keeps the model's.
+    tta : bool
+        Test-time augmentation: average the probabilities of the 8 flips and
+        rotations of every tile (8x the time; the result does not depend on
+        the tiling).
     device : str
         "auto", "cpu", "cuda" or "mps".
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -94,8 +100,11 @@ class InferenceConfig:
 
     tile_shape: tuple[int, int] | None = None
     max_tile_pixels: int = 1 << 21
-    threshold: float = 0.5
-    seed_threshold: float | None = 0.8
+    threshold: float | None = None
+    seed_threshold: float | None = None
+    min_seed_size: int | None = None
+    min_size: int | None = None
+    tta: bool = False
     device: str = "auto"
     precision: Precision = "auto"
 
@@ -106,13 +115,9 @@ class InferenceConfig:
             raise ValueError(f"tile_shape must be two positive integers, got {self.tile_shape}.")
         if self.max_tile_pixels < 1:
             raise ValueError(f"max_tile_pixels must be positive, got {self.max_tile_pixels}.")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}.")
-        if self.seed_threshold is not None and not self.threshold < self.seed_threshold < 1.0:
-            raise ValueError(
-                f"seed_threshold must be between threshold ({self.threshold}) and 1, "
-                f"or None, got {self.seed_threshold}."
-            )
+        self.postprocess(Postprocess())  # checks the overrides
+        if not isinstance(self.tta, bool):
+            raise TypeError(f"tta must be True or False, got {self.tta!r}.")
         if not isinstance(self.device, str) or self.device.split(":")[0] not in DEVICE_CHOICES:
             raise ValueError(
                 f"device must be one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N'), "
@@ -122,6 +127,16 @@ class InferenceConfig:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}."
             )
+
+    def postprocess(self, base: Postprocess) -> Postprocess:
+        """Return ``base`` (a model's settings) with this config's overrides applied."""
+        return with_overrides(
+            base,
+            threshold=self.threshold,
+            seed_threshold=self.seed_threshold,
+            min_seed_size=self.min_seed_size,
+            min_size=self.min_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -474,7 +489,8 @@ def predict_generator(
     image: Any,
     *,
     channel_axis: int | None = None,
-    mode: Mode = "instances",
+    task: str | Task = "paper",
+    postprocess: Postprocess | None = None,
     normalization: Normalization | None = None,
     config: InferenceConfig | None = None,
     return_probabilities: bool = False,
@@ -494,10 +510,15 @@ def predict_generator(
         zarr, dask or memory-mapped.
     channel_axis : int, optional
         Axis of channels (-1 for RGB); must match the model's ``in_channels``.
-    mode : {"instances", "semantic"}
-        "instances": labels are objects (connected components of the
-        foreground, split by a seeded watershed). "semantic": labels are the
-        most probable class per pixel.
+    task : str or Task
+        What the network's outputs mean (:mod:`napari_unet.tasks`): an
+        instance head ("paper", "three-class"), whose maps become objects when
+        a plane is finished, or "semantic" (the most probable class per pixel).
+        A checkpoint says which: ``checkpoint.task``.
+    postprocess : Postprocess, optional
+        How an instance task's maps become objects; default the task's
+        defaults (a checkpoint's calibrated settings: ``checkpoint.postprocess``).
+        ``config``'s threshold settings override it.
     normalization : Normalization, optional
         How to scale intensities (from the checkpoint); default percentiles.
     config : InferenceConfig, optional
@@ -524,8 +545,8 @@ def predict_generator(
     """
     config = config or InferenceConfig()
     normalization = normalization or Normalization()
-    if mode not in ("instances", "semantic"):
-        raise ValueError(f'mode must be "instances" or "semantic", got {mode!r}.')
+    task = get_task(task)
+    settings = config.postprocess(postprocess or task.default_postprocess)
     planes = ImagePlanes(image, channel_axis)
     model_config = model.config
     if planes.channels != model_config.in_channels:
@@ -535,13 +556,12 @@ def predict_generator(
             f"or a model trained on this kind of image."
         )
     n_classes = model_config.n_classes
+    check_outputs(task, n_classes)
     spatial = (planes.height, planes.width)
     labels = (
         labels_out
         if labels_out is not None
-        else np.zeros(
-            (*planes.plane_shape, *spatial), dtype=np.uint32 if mode == "instances" else np.uint16
-        )
+        else np.zeros((*planes.plane_shape, *spatial), dtype=labels_dtype(task))
     )
     _check_out(labels, (*planes.plane_shape, *spatial), "labels_out")
     if not np.issubdtype(np.dtype(labels.dtype), np.integer):
@@ -559,13 +579,15 @@ def predict_generator(
     tile_shape, border = tile_geometry(model_config, config, spatial)
     if model_config.padding == "same":
         predictor = _crop_predictor(predictor, border)
+    if config.tta:
+        predictor = test_time_augmented(predictor)
     logger.info("Tiling %s with output tiles of %s (border %d)", spatial, tile_shape, border)
 
     completed = True
     for plane in range(planes.n_planes):
         index = np.unravel_index(plane, planes.plane_shape) if planes.plane_shape else ()
         low, high = normalization.statistics(planes.plane_view(plane))
-        foreground = np.zeros(spatial, np.float32) if mode == "instances" else None
+        maps = np.zeros((len(task.map_names), *spatial), np.float32) if task.instances else None
         tiles = tiled_predict(
             planes,
             plane,
@@ -583,27 +605,21 @@ def predict_generator(
                 completed = bool(stop.value)
                 break
             rows, cols = result.region
-            if foreground is not None:
-                foreground[rows, cols] = 1.0 - result.probabilities[0]
+            if maps is not None:
+                maps[:, rows, cols] = task.tile_maps(result.probabilities)
             else:
-                # Semantic classes are 1..K, as in the training labels.
-                labels[(*index, rows, cols)] = np.argmax(result.probabilities, axis=0) + 1
+                labels[(*index, rows, cols)] = task.tile_labels(result.probabilities)
             if probabilities is not None:
                 probabilities[(*index, slice(None), rows, cols)] = result.probabilities
             yield result
-        if foreground is not None:
+        if maps is not None:
             # Label straight into a numpy (or memory-mapped) output: one full-plane
             # copy less, and label_instances checks that the dtype holds every id.
             in_place = labels[index] if isinstance(labels, np.ndarray) else None
-            plane_labels = label_instances(
-                foreground,
-                threshold=config.threshold,
-                seed_threshold=config.seed_threshold,
-                out=in_place,
-            )
+            plane_labels = task.label_plane(maps, settings, out=in_place)
             if in_place is None:
                 labels[index] = plane_labels
-            del foreground, plane_labels
+            del maps, plane_labels
         if not completed:
             break
     return Prediction(labels=labels, probabilities=probabilities, completed=completed)
@@ -612,6 +628,55 @@ def predict_generator(
 def predict(model: UNet, image: Any, **kwargs: Any) -> Prediction:
     """Run :func:`predict_generator` to the end and return its :class:`Prediction`."""
     return run_to_end(predict_generator(model, image, **kwargs))
+
+
+def labels_dtype(task: Task) -> np.dtype:
+    """Object ids need 32 bits; class ids 16."""
+    return np.dtype(np.uint32 if task.instances else np.uint16)
+
+
+def check_outputs(task: Task, n_classes: int) -> None:
+    """Refuse a network whose number of outputs does not suit ``task``."""
+    if task.instances and task.n_classes(0) != n_classes:
+        raise ValueError(
+            f"The network has {n_classes} outputs but the {task.name!r} task reads "
+            f"{task.n_classes(0)}; use the task the model was trained with "
+            f"(checkpoint.task)."
+        )
+
+
+def test_time_augmented(predictor: Predictor) -> Predictor:
+    """Average ``predictor`` over the 8 flips and rotations of each tile.
+
+    Every transform is undone on the output before averaging. A valid U-Net's
+    pooling pairs the same pixels in a flipped tile (its sizes are even at
+    every pooling level), so the augmented result still does not depend on
+    how the image is tiled.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> shift_right = lambda tile: np.roll(tile, 1, axis=-1)   # not flip-symmetric
+    >>> tile = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    >>> bool(np.allclose(test_time_augmented(lambda t: t * 2)(tile), tile * 2))
+    True
+    >>> bool(np.allclose(test_time_augmented(shift_right)(tile), shift_right(tile)))
+    False
+    """
+
+    def augmented(tile: np.ndarray) -> np.ndarray:
+        total = None
+        for flip in (False, True):
+            flipped = tile[..., ::-1] if flip else tile
+            for quarter in range(4):
+                output = predictor(np.ascontiguousarray(np.rot90(flipped, quarter, axes=(-2, -1))))
+                output = np.rot90(output, -quarter, axes=(-2, -1))
+                output = output[..., ::-1] if flip else output
+                total = output.astype(np.float32) if total is None else total + output
+        assert total is not None
+        return total / np.float32(8)
+
+    return augmented
 
 
 def _crop_predictor(predictor: Predictor, border: int) -> Predictor:

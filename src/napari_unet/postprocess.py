@@ -100,6 +100,9 @@ def label_instances(
     threshold: float = 0.5,
     seed_threshold: float | None = 0.9,
     min_size: int = 0,
+    seed_map: ArrayLike2D | None = None,
+    min_seed_size: int = 0,
+    tessellate: bool = False,
     out: WritableArray2D | None = None,
     block_shape: tuple[int, int] = (2048, 2048),
     connectivity: int = 1,
@@ -123,6 +126,21 @@ def label_instances(
     min_size : int
         Objects with fewer pixels than this are removed (set to 0) and the
         remaining ids are made contiguous again. 0 keeps every object.
+    seed_map : array_like of float, shape (H, W), optional
+        Where seeds come from, instead of ``foreground``: e.g. the probability
+        of an object's *interior* for a head that also predicts object
+        boundaries. Seeds are then the components of ``seed_map >
+        seed_threshold`` inside the mask, the flooding goes from high to low
+        ``seed_map``, and ``seed_threshold`` need not exceed ``threshold``.
+    min_seed_size : int
+        Seed components with fewer pixels are not seeds: their pixels are
+        flooded from a neighbouring seed (or, alone in their mask component,
+        make one object with it). This keeps one object from becoming several
+        where its interior probability has small holes or peaks.
+    tessellate : bool
+        Flood every pixel, not only the mask: the objects then tile the image
+        (e.g. cells separated by predicted membranes in electron microscopy).
+        Needs a seed threshold.
     out : array_like of int, shape (H, W), optional
         Where to write the labels: a numpy array, a ``numpy.memmap`` or a zarr
         array with an integer dtype. Its previous content is overwritten; while
@@ -203,9 +221,22 @@ def label_instances(
     """
     foreground, shape = _check_foreground(foreground)
     threshold = _check_probability(threshold, "threshold")
+    if seed_map is not None:
+        seed_map, seed_shape = _check_foreground(seed_map)
+        if seed_shape != shape:
+            raise ValueError(
+                f"seed_map has shape {seed_shape} but foreground has shape {shape}; pass "
+                f"maps of the same plane."
+            )
+        if seed_threshold is None:
+            raise ValueError("seed_map needs a seed_threshold (a probability in (0, 1)).")
+    if tessellate and seed_threshold is None:
+        raise ValueError(
+            "tessellate=True floods the image from seeds; give a seed_threshold as well."
+        )
     if seed_threshold is not None:
         seed_threshold = _check_probability(seed_threshold, "seed_threshold")
-        if seed_threshold <= threshold:
+        if seed_map is None and seed_threshold <= threshold:
             raise ValueError(
                 f"seed_threshold ({seed_threshold}) must be greater than threshold "
                 f"({threshold}): seeds are the confident part of the foreground. "
@@ -213,6 +244,7 @@ def label_instances(
                 f"connected components."
             )
     min_size = _check_int(min_size, "min_size", minimum=0)
+    min_seed_size = _check_int(min_seed_size, "min_seed_size", minimum=0)
     halo = _check_int(halo, "halo", minimum=0)
     block_shape = _check_block_shape(block_shape)
     if isinstance(connectivity, bool) or connectivity not in (1, 2):
@@ -227,7 +259,12 @@ def label_instances(
         n_objects = _connected_components(foreground, threshold, out, grid, structure)
     else:
         n_objects = _seeded_watershed(
-            foreground, threshold, seed_threshold, out, grid, structure, halo
+            _Maps(foreground, seed_map, threshold, seed_threshold, tessellate),
+            min_seed_size,
+            out,
+            grid,
+            structure,
+            halo,
         )
     if min_size > 0:
         n_objects = _remove_small_objects(out, n_objects, min_size, grid)
@@ -496,10 +533,32 @@ def _connected_components(
     return n_objects
 
 
+@dataclass(frozen=True)
+class _Maps:
+    """The maps a seeded watershed reads, and how it turns them into mask and seeds."""
+
+    foreground: Any
+    seed_map: Any | None
+    threshold: float
+    seed_threshold: float
+    tessellate: bool
+
+    def read(
+        self, rows: slice, cols: slice, *, check: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return the mask, the seed pixels and the flooding priority of a window."""
+        block = _read_foreground(self.foreground, rows, cols, check=check)
+        if self.seed_map is None:
+            priority = block
+        else:
+            priority = _read_foreground(self.seed_map, rows, cols, check=check)
+        mask = np.ones(block.shape, bool) if self.tessellate else block > self.threshold
+        return mask, (priority > self.seed_threshold) & mask, priority
+
+
 def _seeded_watershed(
-    foreground: Any,
-    threshold: float,
-    seed_threshold: float,
+    maps: _Maps,
+    min_seed_size: int,
     out: Any,
     grid: _BlockGrid,
     structure: np.ndarray,
@@ -507,47 +566,65 @@ def _seeded_watershed(
 ) -> int:
     out_dtype = np.dtype(out.dtype)
 
-    # Pass 1: global components of the seeds and of the mask, and which mask
-    # components hold a seed.
+    # Pass 1: global components of the seeds and of the mask, which mask
+    # components hold which seeds, and the size of every seed.
     seeds = _BlockComponents(grid, structure)
     mask_parts = _BlockComponents(grid, structure)
-    seeded_parts = []
+    contacts, seed_sizes = [], []
     for bi, bj, rows, cols in grid:
-        block = _read_foreground(foreground, rows, cols, check=True)
-        seed_mask = block > seed_threshold
-        seeds.add(bi, bj, seed_mask)
-        parts = mask_parts.add(bi, bj, block > threshold)
-        seeded_parts.append(np.unique(parts[seed_mask]))
-    n_seeds = seeds.finish()
+        mask, seed_mask, _ = maps.read(rows, cols, check=True)
+        provisional = seeds.add(bi, bj, seed_mask)
+        parts = mask_parts.add(bi, bj, mask)
+        contacts.append(np.unique(np.stack([parts[seed_mask], provisional[seed_mask]]), axis=1))
+        seed_sizes.append(np.bincount(provisional[seed_mask], minlength=seeds.n_provisional + 1))
+    n_found = seeds.finish()
     n_parts = mask_parts.finish()
-    assert mask_parts.lookup is not None
+    assert seeds.lookup is not None and mask_parts.lookup is not None
+    size = np.zeros(n_found + 1, dtype=np.int64)
+    for counts in seed_sizes:
+        np.add.at(size, seeds.lookup[: counts.size], counts)
+    # Seeds too small to trust get id 0; the others are numbered 1..n_seeds.
+    kept = size >= max(min_seed_size, 1)
+    kept[0] = False
+    seed_id = np.zeros(n_found + 1, dtype=np.int64)
+    seed_id[kept] = np.arange(1, int(kept.sum()) + 1)
+    n_seeds = int(kept.sum())
+    pairs = np.concatenate(contacts, axis=1) if contacts else np.zeros((2, 0), np.int64)
     has_seed = np.zeros(n_parts + 1, dtype=bool)
-    has_seed[mask_parts.lookup[np.concatenate(seeded_parts)]] = True
+    has_seed[mask_parts.lookup[pairs[0][kept[seeds.lookup[pairs[1]]]]]] = True
     has_seed[0] = True
-    # Seedless mask components become seeds n_seeds + 1, n_seeds + 2, ...
+    # Mask components without a kept seed become seeds n_seeds + 1, n_seeds + 2, ...
     seedless = np.zeros(n_parts + 1, dtype=np.int64)
     seedless[~has_seed] = n_seeds + np.arange(1, int((~has_seed).sum()) + 1)
     n_objects = n_seeds + int((~has_seed).sum())
     _check_fits(n_objects, out_dtype)
-    logger.debug("%d seeds and %d seedless mask components", n_seeds, n_objects - n_seeds)
+    logger.debug(
+        "%d seeds (%d too small) and %d seedless mask components",
+        n_seeds,
+        n_found - n_seeds,
+        n_objects - n_seeds,
+    )
+
+    def kept_seeds(bi: int, bj: int, seed_mask: np.ndarray) -> np.ndarray:
+        return seed_id[seeds.labels(bi, bj, seed_mask)]
 
     # Pass 2: write the markers (global ids) into out.
     for bi, bj, rows, cols in grid:
-        block = _read_foreground(foreground, rows, cols, check=False)
-        seed_mask = block > seed_threshold
-        markers = seeds.labels(bi, bj, seed_mask)
-        own = seedless[mask_parts.labels(bi, bj, block > threshold)]
-        out[rows, cols] = np.where(seed_mask, markers, own).astype(out_dtype)
+        mask, seed_mask, _ = maps.read(rows, cols, check=False)
+        markers = kept_seeds(bi, bj, seed_mask)
+        own = seedless[mask_parts.labels(bi, bj, mask)]
+        out[rows, cols] = np.where(markers > 0, markers, own).astype(out_dtype)
 
     # Pass 3: flood each block with context. The watershed keeps the marker ids
     # on the marker pixels, so the markers of a block whose neighbours were
-    # already flooded can still be read back from out: they are the pixels above
-    # seed_threshold and the pixels with a seedless-component id (> n_seeds).
+    # already flooded can still be read back from out: they are the pixels of
+    # kept seeds and the pixels with a seedless-component id (> n_seeds).
     marker_dtype = np.int32 if n_objects < np.iinfo(np.int32).max else np.int64
     max_halo = max(halo, *grid.block_shape)
     connectivity = 2 if structure[0, 0] else 1
     height, width = grid.shape
     n_unreached = 0
+    seed_pixels = _KeptSeedPixels(grid, seeds, seed_id, maps)
     for _, _, rows, cols in grid:
         current_halo = halo
         while True:
@@ -555,11 +632,10 @@ def _seeded_watershed(
                 slice(max(rows.start - current_halo, 0), min(rows.stop + current_halo, height)),
                 slice(max(cols.start - current_halo, 0), min(cols.stop + current_halo, width)),
             )
-            block = _read_foreground(foreground, *window, check=False)
+            mask, _, priority = maps.read(*window, check=False)
             current = np.asarray(out[window]).astype(marker_dtype)
-            mask = block > threshold
-            markers = np.where((block > seed_threshold) | (current > n_seeds), current, 0)
-            flooded = watershed(-block, markers, mask=mask, connectivity=connectivity)
+            markers = np.where(seed_pixels(window) | (current > n_seeds), current, 0)
+            flooded = watershed(-priority, markers, mask=mask, connectivity=connectivity)
             inner = (
                 slice(rows.start - window[0].start, rows.stop - window[0].start),
                 slice(cols.start - window[1].start, cols.stop - window[1].start),
@@ -582,29 +658,56 @@ def _seeded_watershed(
             n_unreached,
             max_halo,
         )
-        n_objects = _label_unreached(foreground, threshold, out, grid, structure, n_objects)
+        n_objects = _label_unreached(maps, out, grid, structure, n_objects)
     return n_objects
 
 
+class _KeptSeedPixels:
+    """Which pixels of a window belong to a kept seed (seeds are labelled per block)."""
+
+    def __init__(
+        self, grid: _BlockGrid, seeds: _BlockComponents, seed_id: np.ndarray, maps: _Maps
+    ) -> None:
+        self.grid, self.seeds, self.seed_id, self.maps = grid, seeds, seed_id, maps
+        self.all_kept = bool((seed_id[1:] > 0).all())
+
+    def __call__(self, window: tuple[slice, slice]) -> np.ndarray:
+        _, seed_mask, _ = self.maps.read(*window, check=False)
+        if self.all_kept:
+            return seed_mask
+        kept = np.zeros(seed_mask.shape, bool)
+        rows, cols = window
+        for bi, bj, block_rows, block_cols in self.grid:
+            top, bottom = max(rows.start, block_rows.start), min(rows.stop, block_rows.stop)
+            left, right = max(cols.start, block_cols.start), min(cols.stop, block_cols.stop)
+            if top >= bottom or left >= right:
+                continue
+            _, block_seeds, _ = self.maps.read(block_rows, block_cols, check=False)
+            ids = self.seed_id[self.seeds.labels(bi, bj, block_seeds)]
+            kept[top - rows.start : bottom - rows.start, left - cols.start : right - cols.start] = (
+                ids[
+                    top - block_rows.start : bottom - block_rows.start,
+                    left - block_cols.start : right - block_cols.start,
+                ]
+                > 0
+            )
+        return kept
+
+
 def _label_unreached(
-    foreground: Any,
-    threshold: float,
-    out: Any,
-    grid: _BlockGrid,
-    structure: np.ndarray,
-    n_objects: int,
+    maps: _Maps, out: Any, grid: _BlockGrid, structure: np.ndarray, n_objects: int
 ) -> int:
     """Give connected groups of mask pixels still at 0 new ids after ``n_objects``."""
     components = _BlockComponents(grid, structure)
     for bi, bj, rows, cols in grid:
-        block = _read_foreground(foreground, rows, cols, check=False)
-        components.add(bi, bj, (block > threshold) & (np.asarray(out[rows, cols]) == 0))
+        mask, _, _ = maps.read(rows, cols, check=False)
+        components.add(bi, bj, mask & (np.asarray(out[rows, cols]) == 0))
     n_new = components.finish()
     _check_fits(n_objects + n_new, np.dtype(out.dtype))
     for bi, bj, rows, cols in grid:
-        block = _read_foreground(foreground, rows, cols, check=False)
+        mask, _, _ = maps.read(rows, cols, check=False)
         current = np.asarray(out[rows, cols])
-        unreached = (block > threshold) & (current == 0)
+        unreached = mask & (current == 0)
         new = components.labels(bi, bj, unreached)
         out[rows, cols] = np.where(unreached, new + n_objects, current).astype(out.dtype)
     return n_objects + n_new

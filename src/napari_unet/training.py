@@ -43,13 +43,14 @@ import torch
 from napari_unet._generators import run_to_end
 from napari_unet._validation import as_rng, check_image, check_labels, check_same_shape
 from napari_unet.augment import AugmentConfig, random_displacement_field, warp
+from napari_unet.calibration import Calibration, calibrate
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.device import Precision, autocast_dtype, resolve_device
 from napari_unet.inference import ImagePlanes, InferenceConfig, predict
 from napari_unet.metrics import average_precision
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
-from napari_unet.weights import boundary_weight_map, separate_touching_objects
+from napari_unet.tasks import Task, get_task, task_for
 
 __all__ = [
     "TrainConfig",
@@ -78,9 +79,18 @@ class TrainConfig:
     Parameters
     ----------
     mode : {"instances", "semantic"}
-        "instances": every non-zero label is an object; the network learns
-        background/foreground with touching objects separated and the boundary
-        weight map. "semantic": label values 1..K are classes, 0 is unlabelled.
+        "instances": every non-zero label is an object. "semantic": label
+        values 1..K are classes, 0 is unlabelled.
+    head : str, optional
+        What the network learns in instances mode (:mod:`napari_unet.tasks`):
+        "three-class" (background / interior / boundary; the default) or
+        "paper" (background / foreground with a gap between touching objects,
+        as in the paper). Both use the paper's weight map.
+    calibrate : bool
+        After training, choose the thresholds and size limits that turn the
+        network's maps into objects (:mod:`napari_unet.calibration`) on the
+        validation pair, or without one on the training annotations, and store
+        them in the checkpoint.
     steps : int, optional
         Number of optimisation steps (one tile each). With ``minutes`` as well,
         training stops at whichever comes first.
@@ -119,6 +129,8 @@ class TrainConfig:
     """
 
     mode: Mode = "instances"
+    head: str | None = None
+    calibrate: bool = True
     steps: int | None = 500
     minutes: float | None = None
     base_channels: int = 16
@@ -140,8 +152,7 @@ class TrainConfig:
     normalization: Normalization = field(default_factory=Normalization)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("instances", "semantic"):
-            raise ValueError(f'mode must be "instances" or "semantic", got {self.mode!r}.')
+        task_for(self.mode, self.head)  # checks mode and head
         if self.steps is None and self.minutes is None:
             raise ValueError("Give a budget: steps, minutes or both.")
         if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
@@ -169,6 +180,11 @@ class TrainConfig:
             batch_norm=self.batch_norm,
             dropout=self.dropout,
         )
+
+    @property
+    def task(self) -> Task:
+        """The task of ``mode`` and ``head``."""
+        return task_for(self.mode, self.head)
 
     @property
     def peak_learning_rate(self) -> float:
@@ -285,8 +301,10 @@ class TrainingData:
     samples: list[_Sample]
     in_channels: int
     n_classes: int
-    mode: Mode
+    task: Task
     shapes: list[tuple[int, ...]]
+    #: Pixel areas of the annotated objects (instance tasks), for the size prior.
+    object_areas: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def n_pixels(self) -> int:
@@ -320,7 +338,7 @@ def _split_planes(
 def prepare_training_data(
     pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
-    mode: Mode = "instances",
+    task: str | Task = "instances",
     masks: Sequence[np.ndarray | None] | None = None,
     channel_axis: int | None = None,
     normalization: Normalization | None = None,
@@ -335,8 +353,9 @@ def prepare_training_data(
     pairs : sequence of (image, labels)
         Images 2D ``(H, W)``, RGB ``(H, W, 3)`` or stacks ``(Z, H, W)``; labels
         of the same height and width (one plane per image plane).
-    mode : {"instances", "semantic"}
-        See :class:`TrainConfig`.
+    task : str or Task
+        What to learn (:mod:`napari_unet.tasks`); "instances" is the default
+        instance head.
     masks : sequence of arrays or None, optional
         Per pair, a boolean mask of fully annotated regions (same shape as the
         labels); pixels outside carry zero loss weight.
@@ -347,15 +366,14 @@ def prepare_training_data(
     n_classes : int, optional
         Number of classes of a semantic model (default: the largest label).
     w0, sigma : float
-        Boundary weight map parameters (instances mode).
+        Boundary weight map parameters (instance tasks).
 
     Raises
     ------
     ValueError
         If no plane holds any annotation, or shapes disagree.
     """
-    if mode not in ("instances", "semantic"):
-        raise ValueError(f'mode must be "instances" or "semantic", got {mode!r}.')
+    task = task_for("instances") if task == "instances" else get_task(task)
     if len(pairs) == 0:
         raise ValueError("Give at least one (image, labels) pair to train on.")
     normalization = normalization or Normalization()
@@ -383,9 +401,9 @@ def prepare_training_data(
     channels = {p[0].shape[0] for p in planes}
     if len(channels) != 1:
         raise ValueError(f"All images must have the same number of channels, got {channels}.")
-    if mode == "semantic":
+    if not task.instances:
         largest = max(int(p[1].max()) for p in planes)
-        n_classes = n_classes or largest
+        n_classes = n_classes or task.n_classes(largest)
         if largest > n_classes:
             raise ValueError(f"Labels go up to {largest} but the model has {n_classes} classes.")
         if n_classes < 2:
@@ -394,68 +412,63 @@ def prepare_training_data(
                 "unlabelled). For objects on background use mode 'instances'."
             )
     else:
-        n_classes = 2
-    samples, shapes = [], []
+        n_classes = task.n_classes(0)
+    samples, shapes, areas = [], [], []
     for plane_image, plane_labels, plane_mask in planes:
         sample = _make_sample(
-            plane_image, plane_labels, plane_mask, mode, n_classes, normalization, w0, sigma
+            plane_image, plane_labels, plane_mask, task, n_classes, normalization, w0, sigma
         )
         if sample is not None:
             samples.append(sample)
             shapes.append(plane_image.shape)
+            if task.instances:
+                areas.append(_object_areas(plane_labels, plane_mask))
     if not samples:
         raise ValueError(
             "No annotation found: every label plane is empty. Paint some objects (or, in "
             "semantic mode, classes) in the labels layer, or mark annotated regions."
         )
-    return TrainingData(samples, channels.pop(), n_classes, mode, shapes)
+    return TrainingData(
+        samples,
+        channels.pop(),
+        n_classes,
+        task,
+        shapes,
+        np.concatenate(areas) if areas else np.zeros(0, np.int64),
+    )
+
+
+def _object_areas(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Pixel areas of the objects that lie wholly inside the annotated region."""
+    counts = np.bincount(labels.ravel().astype(np.intp))
+    if mask is not None:
+        outside = np.unique(labels[~mask])
+        counts[outside] = 0
+    counts[0] = 0
+    return counts[counts > 0]
 
 
 def _make_sample(
     image: np.ndarray,
     labels: np.ndarray,
     mask: np.ndarray | None,
-    mode: Mode,
+    task: Task,
     n_classes: int,
     normalization: Normalization,
     w0: float,
     sigma: float,
 ) -> _Sample | None:
-    low, high = normalization.statistics(image)
-    normalised = Normalization.apply(image, low, high)
-    if mode == "instances":
+    if task.instances:
         if mask is None and not labels.any():
             return None
         region = mask if mask is not None else np.ones(labels.shape, bool)
-        if not region.any():
-            return None
-        target = (separate_touching_objects(labels) > 0).astype(np.int64)
-        # Balance the classes over the annotated region only.
-        counts = np.bincount(target[region], minlength=2).astype(np.float64)
-        present = counts > 0
-        class_weights = np.where(
-            present, region.sum() / (present.sum() * np.maximum(counts, 1)), 0.0
-        )
-        if labels.any():
-            weights = boundary_weight_map(
-                labels, w0=w0, sigma=sigma, class_weights=tuple(class_weights)
-            )
-        else:
-            weights = class_weights[target].astype(np.float32)
-        weights = np.where(region, weights, 0.0).astype(np.float32)
     else:
-        region = labels > 0
-        if mask is not None:
-            region &= mask
-        if not region.any():
-            return None
-        target = np.where(region, labels.astype(np.int64) - 1, 0)
-        counts = np.bincount(target[region], minlength=n_classes).astype(np.float64)
-        present = counts > 0
-        class_weights = np.where(
-            present, region.sum() / (present.sum() * np.maximum(counts, 1)), 0.0
-        )
-        weights = np.where(region, class_weights[target], 0.0).astype(np.float32)
+        region = labels > 0 if mask is None else (labels > 0) & mask
+    if not region.any():
+        return None
+    low, high = normalization.statistics(image)
+    normalised = Normalization.apply(image, low, high)
+    target, weights = task.targets(labels, region, w0=w0, sigma=sigma, n_classes=n_classes)
     flat = np.flatnonzero(weights > 0)
     if flat.size > 65536:  # a subsample is enough to centre tiles on annotation
         flat = flat[:: flat.size // 65536]
@@ -629,9 +642,17 @@ def train_generator(
             f"The starting model was trained in {initial.mode!r} mode but training is in "
             f"{config.mode!r} mode; choose the same mode or start a new model."
         )
+    if initial is not None and config.head not in (None, initial.head):
+        raise ValueError(
+            f"The starting model has the {initial.head!r} head but training asks for "
+            f"{config.head!r}; fine-tuning keeps the model's head: choose it, or start a new "
+            f"model."
+        )
+    # Fine-tuning keeps the starting model's head.
+    task = initial.task if initial is not None else config.task
     data = prepare_training_data(
         pairs,
-        mode=config.mode,
+        task=task,
         masks=masks,
         channel_axis=channel_axis,
         normalization=normalization,
@@ -659,7 +680,7 @@ def train_generator(
         validation_plane = (images[first], label_planes[first])
         validation_data = prepare_training_data(
             [validation],
-            mode=config.mode,
+            task=task,
             channel_axis=channel_axis,
             normalization=normalization,
             n_classes=data.n_classes,
@@ -691,12 +712,54 @@ def train_generator(
             (preview, channel_axis, preview_every) if preview is not None else None,
         )
     model = result.model
+    postprocess = initial.postprocess if initial is not None else None
+    calibration = None
+    if config.calibrate and task.instances and result.stop_reason == "stopped":
+        # Stop means now: calibrating would take seconds more.
+        yield TrainingMessage(
+            result.steps,
+            "Training was stopped, so the labelling settings were not calibrated; the model "
+            "keeps " + ("its previous" if initial is not None else "the default") + " settings "
+            "(change them in the Segment widget).",
+        )
+    elif config.calibrate and task.instances and result.steps > 0:
+        planes = (
+            [validation_plane]
+            if validation_plane is not None
+            else _calibration_planes(pairs, masks, channel_axis)
+        )
+        if planes:
+            calibration = calibrate_on(model, task, planes, data.object_areas, normalization)
+            postprocess = calibration.postprocess
+            where = (
+                "the validation image"
+                if validation_plane is not None
+                else (f"{len(planes)} training plane(s)")
+            )
+            yield TrainingMessage(
+                result.steps,
+                f"Labelling settings calibrated on {where}: AP@0.5 {calibration.score:.2f} "
+                f"(defaults {calibration.default_score:.2f}).",
+            )
     result.checkpoint = Checkpoint.from_model(
         model,
-        mode=config.mode,
+        mode=task.mode,
+        head=task.name if task.instances else None,
+        postprocess=postprocess,
         class_names=initial.class_names if initial is not None else (),
         normalization=normalization,
         metadata={
+            "calibration": (
+                {
+                    "score": calibration.score,
+                    "default_score": calibration.default_score,
+                    "planes": calibration.n_planes,
+                    "on": "validation" if validation_plane is not None else "training",
+                    "median_object_area": float(np.median(data.object_areas)),
+                }
+                if calibration is not None
+                else None
+            ),
             "data_shapes": [list(s) for s in data.shapes],
             "steps": result.steps,
             "stop_reason": result.stop_reason,
@@ -721,6 +784,60 @@ def train_generator(
         },
     )
     return result
+
+
+#: Calibration looks at up to this many fully annotated training planes and pixels.
+CALIBRATION_PLANES = 8
+CALIBRATION_PIXELS = 4_000_000
+
+
+def _calibration_planes(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    masks: Sequence[np.ndarray | None] | None,
+    channel_axis: int | None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fully annotated training planes with objects, within the calibration budget."""
+    chosen: list[tuple[np.ndarray, np.ndarray]] = []
+    pixels = 0
+    masks = list(masks) if masks is not None else [None] * len(pairs)
+    for (image, labels), mask in zip(pairs, masks, strict=True):
+        if mask is not None:
+            continue  # partly annotated: unmarked objects would count as false positives
+        images, label_planes = _split_planes(image, labels, channel_axis, "calibration")
+        for plane_image, plane_labels in zip(images, label_planes, strict=True):
+            if not plane_labels.any():
+                continue
+            if chosen and pixels + plane_labels.size > CALIBRATION_PIXELS:
+                return chosen
+            chosen.append((plane_image, plane_labels))
+            pixels += plane_labels.size
+            if len(chosen) == CALIBRATION_PLANES:
+                return chosen
+    return chosen
+
+
+def calibrate_on(
+    model: UNet,
+    task: Task,
+    planes: Sequence[tuple[np.ndarray, np.ndarray]],
+    object_areas: np.ndarray,
+    normalization: Normalization,
+    device: str = "cpu",
+) -> Calibration:
+    """Segment ``(C, H, W)`` image planes once and calibrate the labelling on their labels."""
+    maps = []
+    for image, _ in planes:
+        probabilities = predict(
+            model,
+            image,
+            channel_axis=0,
+            task=task,
+            normalization=normalization,
+            config=InferenceConfig(device=device, precision="fp32"),
+            return_probabilities=True,
+        ).probabilities
+        maps.append(task.tile_maps(np.asarray(probabilities)))
+    return calibrate(task, maps, [labels for _, labels in planes], object_areas)
 
 
 def _train_loop(
@@ -769,7 +886,7 @@ def _train_loop(
             image, target, weights = prefetch.get()
             waited += time.perf_counter() - before
             try:
-                loss = _step(model, optimizer, image, target, weights, device, amp)
+                loss = _step(model, optimizer, image, target, weights, device, amp, data.task)
             except torch.cuda.OutOfMemoryError:
                 smaller = _smaller_tile(model.config, tile)
                 if smaller is None:
@@ -822,7 +939,7 @@ def _train_loop(
                     model,
                     image,
                     channel_axis=channel_axis,
-                    mode=config.mode,
+                    task=data.task,
                     normalization=normalization,
                     config=InferenceConfig(device=str(device), precision="fp32"),
                 ).labels
@@ -891,6 +1008,7 @@ def _step(
     weights: np.ndarray,
     device: torch.device,
     amp: torch.dtype | None,
+    task: Task,
 ) -> float:
     inputs = torch.from_numpy(image)[None].to(device).contiguous(memory_format=torch.channels_last)
     target_t = torch.from_numpy(target.astype(np.int64, copy=False))[None].to(device)
@@ -898,7 +1016,7 @@ def _step(
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         logits = model(inputs)
-    loss = weighted_cross_entropy(logits, target_t, weights_t)
+    loss = task.loss(logits, target_t, weights_t)
     value = float(loss.detach())
     if math.isfinite(value):
         loss.backward()
@@ -925,21 +1043,21 @@ def _validate(
         model,
         image,
         channel_axis=0,
-        mode=config.mode,
+        task=data.task,
         normalization=normalization,
         config=InferenceConfig(device=str(device), precision="fp32"),
         return_probabilities=True,
     )
     probabilities = torch.from_numpy(np.asarray(prediction.probabilities))[None]
     loss = float(
-        weighted_cross_entropy(
+        data.task.loss(
             torch.log(probabilities.clamp_min(1e-12)),
             torch.from_numpy(sample.target)[None],
             torch.from_numpy(sample.weights)[None],
         )
     )
     labels = np.asarray(prediction.labels)
-    if config.mode == "instances":
+    if data.task.instances:
         return ValidationResult(step, loss, average_precision(truth, labels, 0.5), "AP@0.5")
     annotated = sample.weights > 0
     ious = []

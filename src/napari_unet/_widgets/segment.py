@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ import napari
 import numpy as np
 import torch
 from magicgui import magic_factory
-from magicgui.widgets import FunctionGui, Label, ProgressBar, PushButton
+from magicgui.widgets import FloatSpinBox, FunctionGui, Label, ProgressBar, PushButton, SpinBox
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
 from napari_unet._reader import probability_maps
 from napari_unet._widgets._common import (
@@ -57,9 +58,11 @@ from napari_unet.inference import (
     InferenceConfig,
     Prediction,
     TileResult,
+    labels_dtype,
     predict_generator,
     without_channel_axis,
 )
+from napari_unet.tasks import Postprocess
 
 # No ``from __future__ import annotations`` in this module: magicgui reads the
 # annotations of ``segment_widget`` (the return one included) as real types.
@@ -154,6 +157,7 @@ class _Choices:
     probabilities: bool
     tile_size: int
     zarr_folder: Path | None = None
+    tta: bool = False
 
 
 @dataclass
@@ -164,6 +168,7 @@ class _Job:
     data: Any
     channel_axis: int | None
     config: InferenceConfig
+    postprocess: Postprocess | None
     device: torch.device
     probabilities: bool
     image_name: str
@@ -177,6 +182,8 @@ class _Job:
     stop_event: threading.Event = field(default_factory=threading.Event)
     tiles: Generator[Any, None, Any] | None = None
     started_at: float = field(default_factory=time.perf_counter)
+    # An in-memory instance result's maps, kept for re-labelling without the network.
+    maps: np.ndarray | None = None
 
     @property
     def plane_shape(self) -> tuple[int, ...]:
@@ -196,17 +203,37 @@ class _Job:
 def _predict(job: _Job) -> Generator[TileResult, None, Prediction]:
     # The network is built here, off the main thread; only the engine generator's
     # frame holds it, so closing that generator releases it (and its GPU memory).
+    task = job.checkpoint.task
     job.tiles = predict_generator(
         job.checkpoint.build_model(),
         job.data,
         channel_axis=job.channel_axis,
-        mode=job.checkpoint.mode,
+        task=task,
+        postprocess=job.postprocess,
         normalization=job.checkpoint.normalization,
         config=job.config,
-        return_probabilities=job.probabilities,
+        # An instance result keeps its maps, so that it can be labelled again live.
+        return_probabilities=job.probabilities or task.instances,
         should_stop=job.stop_event.is_set,
     )
-    return (yield from job.tiles)
+    result = yield from job.tiles
+    if task.instances and result.probabilities is not None:
+        # (..., K, H, W) probabilities -> (..., n_maps, H, W) maps, in this thread.
+        probabilities = np.asarray(result.probabilities)
+        job.maps = task.tile_maps(np.moveaxis(probabilities, -3, 0))
+        job.maps = np.moveaxis(job.maps, 0, -3)
+        if not job.probabilities:
+            result.probabilities = None
+    return result
+
+
+def _relabel(task: Any, maps: np.ndarray, settings: Postprocess) -> np.ndarray:
+    """Label every plane of kept ``(..., n_maps, H, W)`` maps with ``settings`` (a worker)."""
+    plane_shape = maps.shape[:-3]
+    labels = np.zeros((*plane_shape, *maps.shape[-2:]), dtype=labels_dtype(task))
+    for index in np.ndindex(*plane_shape):
+        task.label_plane(maps[index], settings, out=labels[index])
+    return labels
 
 
 def _predict_to_store(job: _Job) -> Generator[BlockResult, None, ZarrSegmentation]:
@@ -217,6 +244,7 @@ def _predict_to_store(job: _Job) -> Generator[BlockResult, None, ZarrSegmentatio
         job.store,
         channel_axis=job.channel_axis,
         config=job.config,
+        postprocess=job.postprocess,
         probabilities=job.probabilities,
         should_stop=job.stop_event.is_set,
         # Written once into the store, so that napari's overviews do not read it whole.
@@ -304,6 +332,92 @@ def _channel_axis(
     return preferred if preferred in matches else matches[0]
 
 
+# -- labelling settings --------------------------------------------------------------------
+
+#: Pause after the last change of a labelling setting before labelling again.
+RELABEL_DEBOUNCE_MS = 150
+
+
+class _LabellingControls:
+    """Threshold, seed threshold and smallest object: the model's, or the user's.
+
+    Until the user changes one, each run uses the settings calibrated for the
+    model when it was trained, and the controls show them. Once changed, the
+    user's values are used for every run, and the last result is labelled
+    again with them at once (the network does not run again); "use the
+    model's" goes back.
+    """
+
+    def __init__(self, on_change: Any) -> None:
+        self.own = False  # the user has changed a setting
+        self.heading = Label(value="labelling: the model's calibrated settings", label="")
+        self.threshold = FloatSpinBox(
+            label="foreground threshold", value=0.5, min=0.05, max=0.95, step=0.05,
+            tooltip="A pixel belongs to an object above this foreground probability.",
+        )  # fmt: skip
+        self.seed_threshold = FloatSpinBox(
+            label="seed threshold", value=0.6, min=0.05, max=0.95, step=0.05,
+            tooltip="Objects grow from pixels above this probability (of the interior for "
+            "the three-class head). Higher splits more touching objects; too high splits "
+            "single ones.",
+        )  # fmt: skip
+        self.min_size = SpinBox(
+            label="smallest object (px)", value=0, min=0, max=1_000_000, step=10,
+            tooltip="Objects with fewer pixels are dropped.",
+        )  # fmt: skip
+        self.reset_button = PushButton(text="use the model's settings", enabled=False)
+        self.widgets = [
+            self.heading,
+            self.threshold,
+            self.seed_threshold,
+            self.min_size,
+            self.reset_button,
+        ]
+        self._on_change = on_change
+        self._model: Postprocess | None = None
+        for control in (self.threshold, self.seed_threshold, self.min_size):
+            control.changed.connect(self._changed)
+        self.reset_button.changed.connect(self.reset)
+
+    def _changed(self) -> None:
+        self.own = True
+        self.heading.value = "labelling: your settings"
+        self.reset_button.enabled = True
+        self._on_change()
+
+    def reset(self) -> None:
+        """Use the model's settings again (and re-label the last result with them)."""
+        self.own = False
+        self.heading.value = "labelling: the model's calibrated settings"
+        self.reset_button.enabled = False
+        if self._model is not None:
+            self._show(self._model)
+        self._on_change()
+
+    def _show(self, settings: Postprocess) -> None:
+        controls = (self.threshold, self.seed_threshold, self.min_size)
+        values = (settings.threshold, settings.seed_threshold or 0.5, settings.min_size)
+        for control, value in zip(controls, values, strict=True):
+            with control.changed.blocked():
+                control.value = value
+
+    def settings_for(self, checkpoint: Checkpoint) -> Postprocess | None:
+        """Return the settings a run of ``checkpoint`` uses (None for a semantic model)."""
+        model = checkpoint.postprocess
+        if model is None:
+            return None
+        self._model = model
+        if not self.own:
+            self._show(model)
+            return model
+        return replace(
+            model,
+            threshold=float(self.threshold.value),
+            seed_threshold=float(self.seed_threshold.value),
+            min_size=int(self.min_size.value),
+        )
+
+
 # -- the widget's state -------------------------------------------------------------------
 
 
@@ -326,7 +440,16 @@ class _Session:
         self.status = Label(value="Ready.", label="")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
-        gui.extend([self.progress, self.status, self.cancel_button])
+        self.labelling = _LabellingControls(self.relabel_soon)
+        gui.extend([self.progress, self.status, self.cancel_button, *self.labelling.widgets])
+        # The last in-memory instance result, which the labelling controls re-label.
+        self.kept: _Job | None = None
+        self.relabel_slot = WorkerSlot()
+        self._relabel_again = False
+        self._debounce = QTimer()
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(RELABEL_DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.relabel)
 
     # -- model list
 
@@ -405,6 +528,7 @@ class _Session:
         tile_size = choices.tile_size
         config = InferenceConfig(
             tile_shape=(tile_size, tile_size) if tile_size > 0 else None,
+            tta=choices.tta,
             device=str(resolved),
         )
         out_placement = placement(image, len(out_shape), channel_axis)
@@ -416,7 +540,7 @@ class _Session:
             level_strides = _level_strides(image, channel_axis)
         else:
             level_strides = ()
-            dtype = np.uint32 if checkpoint.mode == "instances" else np.uint16
+            dtype = labels_dtype(checkpoint.task)
             # A new layer every run (napari makes the name unique): never overwrite
             # the user's layers or an earlier result.
             labels_layer = napari.layers.Labels(
@@ -430,6 +554,7 @@ class _Session:
             data=data,
             channel_axis=channel_axis,
             config=config,
+            postprocess=self.labelling.settings_for(checkpoint),
             device=resolved,
             probabilities=choices.probabilities,
             image_name=image.name,
@@ -460,12 +585,13 @@ class _Session:
         if job is None:
             return
         rows, cols = tile.region
-        if job.checkpoint.mode == "instances":
+        task = job.checkpoint.task
+        if task.instances:
             # Provisional: foreground as label 1. The instance ids come per plane
             # with the final result (the watershed needs the whole plane).
-            values = 1.0 - tile.probabilities[0] > job.config.threshold
+            values = task.tile_maps(tile.probabilities)[0] > job.postprocess.threshold
         else:
-            values = np.argmax(tile.probabilities, axis=0) + 1  # classes are 1..K
+            values = task.tile_labels(tile.probabilities)
         index = job.plane_index(tile.plane)
         layer = job.labels_layer
         layer.data[(*index, rows, cols)] = values  # in place: no copy of the layer
@@ -508,7 +634,7 @@ class _Session:
         self.status.value = f"block {block.done}/{block.count}"
         if block.done == block.count:
             # What follows the last block takes a while on a large image: say what it is.
-            after = "labelling the objects" if self.job.checkpoint.mode == "instances" else ""
+            after = "labelling the objects" if self.job.checkpoint.task.instances else ""
             if self.job.level_strides:
                 after = f"{after}, then " if after else ""
                 after += "writing the overview levels"
@@ -543,6 +669,8 @@ class _Session:
         else:
             # The final ids replace the provisional mask in one assignment.
             job.labels_layer.data = result.labels
+            if job.maps is not None and result.completed:
+                self.kept = job
             if job.probabilities and result.probabilities is not None:
                 self._add_probabilities(job, [result.probabilities])
             done = "tiles"
@@ -612,6 +740,47 @@ class _Session:
             else:
                 layers.append(layer)
 
+    # -- re-labelling the last result (main thread, work in a worker)
+
+    def relabel_soon(self) -> None:
+        """Re-label the last result once the user pauses changing a labelling setting."""
+        if self.kept is not None:
+            self._debounce.start()
+
+    def relabel(self) -> GeneratorWorker | None:
+        """Label the kept maps again with the current settings, off the main thread."""
+        kept = self.kept
+        if kept is None or kept.maps is None or not self.alive:
+            return None
+        if kept.labels_layer not in kept.viewer.layers:
+            self.kept = None  # the user removed the result: nothing to update
+            return None
+        if self.relabel_slot.running:
+            self._relabel_again = True  # the latest settings win, without piling up workers
+            return None
+        settings = self.labelling.settings_for(kept.checkpoint)
+        worker = create_worker(
+            _relabel, kept.checkpoint.task, kept.maps, settings, _start_thread=False
+        )
+        worker.returned.connect(self.relabel_slot.if_open(self._show_relabelled))
+        self.status.value = "Labelling the objects again…"
+        self.relabel_slot.start(worker, threading.Event(), on_finished=self._relabel_finished)
+        return worker
+
+    def _show_relabelled(self, labels: np.ndarray) -> None:
+        kept = self.kept
+        if kept is None or kept.labels_layer not in kept.viewer.layers:
+            return
+        kept.labels_layer.data = labels
+        if self.alive:
+            n_objects = int(labels.max()) if labels.size else 0
+            self.status.value = f"{n_objects} objects with the new settings."
+
+    def _relabel_finished(self) -> None:
+        if self._relabel_again and self.alive:
+            self._relabel_again = False
+            self.relabel()
+
     def on_finished(self) -> None:
         """Release the network and free GPU memory; re-enable Run."""
         job, self.job = self.job, None
@@ -632,6 +801,10 @@ class _Session:
         self.alive = False
         if self.slot is not None:
             self.slot.stop()
+        relabel_slot = self.__dict__.get("relabel_slot")
+        if relabel_slot is not None:
+            relabel_slot.close()
+        self.kept = None
         trained_models.changed.disconnect(self.on_models_changed)
 
 
@@ -670,6 +843,11 @@ def _init_widget(gui: FunctionGui) -> None:
         "max": 16384,
         "tooltip": "Output tile side in pixels; smaller tiles need less memory.",
     },
+    tta={
+        "label": "test-time augmentation",
+        "tooltip": "Average the 8 flips and rotations of every tile: often a little more "
+        "accurate, 8 times slower.",
+    },
     zarr_folder={
         "label": "zarr folder",
         "mode": "d",
@@ -686,6 +864,7 @@ def segment_widget(
     device: str = "auto",
     probabilities: bool = False,
     tile_size: int = 0,
+    tta: bool = False,
     zarr_folder: Path = Path(),
     session: _Session | None = None,
 ) -> GeneratorWorker | None:
@@ -707,6 +886,8 @@ def segment_widget(
         Also add the probabilities as Image layers.
     tile_size : int
         Output tile side in pixels; 0 chooses it automatically.
+    tta : bool
+        Test-time augmentation: average the 8 flips and rotations.
     zarr_folder : pathlib.Path
         Where a dask, zarr or multiscale image's result store goes (shown only
         for such images); empty for a temporary folder deleted at exit.
@@ -722,5 +903,5 @@ def segment_widget(
     """
     if session is None:
         raise RuntimeError("segment_widget must be created with its widget_init.")
-    choices = _Choices(image, model, model_file, device, probabilities, tile_size, zarr_folder)
+    choices = _Choices(image, model, model_file, device, probabilities, tile_size, zarr_folder, tta)
     return session.run(viewer, choices)

@@ -45,6 +45,7 @@ from napari_unet._widgets._common import (
     trained_models,
 )
 from napari_unet._widgets.loss_plot import LossPlot
+from napari_unet.tasks import INSTANCE_HEADS
 
 if TYPE_CHECKING:
     import napari
@@ -181,6 +182,33 @@ class TrainWidget(Container):
                 "with the paper's boundary weights. semantic: label values are classes."
             ),
         )
+        self.head = ComboBox(
+            label="head",
+            choices=list(INSTANCE_HEADS),
+            tooltip=(
+                "What the network learns for instances. three-class: background, object "
+                "interior and object boundary (objects grow from confident interiors). "
+                "paper: background and foreground with a gap between touching objects, as in "
+                "Ronneberger et al. 2015."
+            ),
+        )
+        self.w0 = FloatSpinBox(
+            label="border weight w0",
+            value=10.0,
+            min=0.0,
+            max=100.0,
+            step=1.0,
+            tooltip="Weight of the pixels between touching objects (paper: 10).",
+        )
+        self.sigma = FloatSpinBox(
+            label="border width sigma (px)",
+            value=5.0,
+            min=0.5,
+            max=50.0,
+            step=0.5,
+            tooltip="About the width of the gaps between touching objects (paper: ~5 px); "
+            "the Weight map preview shows its effect.",
+        )
         self.budget_unit = ComboBox(label="train for", choices=["minutes", "steps"])
         self.budget = FloatSpinBox(label="budget", value=2.0, min=0.1, max=100_000, step=0.5)
         self.model_size = ComboBox(label="model size", choices=list(MODEL_SIZES))
@@ -220,6 +248,9 @@ class TrainWidget(Container):
                 self.validation_image,
                 self.validation_labels,
                 self.mode,
+                self.head,
+                self.w0,
+                self.sigma,
                 self.budget_unit,
                 self.budget,
                 self.model_size,
@@ -255,6 +286,7 @@ class TrainWidget(Container):
         self.remove_pair_button.changed.connect(self._remove_pair)
         self.budget_unit.changed.connect(self._budget_unit_changed)
         self.start_from.changed.connect(self._start_from_changed)
+        self.mode.changed.connect(self._mode_changed)
         self.live_preview.changed.connect(lambda on: setattr(self.preview_every, "visible", on))
         self.train_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
@@ -291,8 +323,16 @@ class TrainWidget(Container):
         self.model_file.visible = value == FROM_FILE
         fine_tune = value not in (NEW_MODEL, FROM_FILE)
         self.model_size.enabled = value == NEW_MODEL
+        self.head.enabled = value == NEW_MODEL and self.mode.value == "instances"
         if fine_tune:
-            self.mode.value = trained_models.get(value).mode
+            model = trained_models.get(value)
+            self.mode.value = model.mode
+            if model.head is not None:
+                self.head.value = model.head
+
+    def _mode_changed(self, mode: str) -> None:
+        self.head.visible = mode == "instances"
+        self.head.enabled = self.start_from.value == NEW_MODEL and mode == "instances"
 
     def _models_changed(self) -> None:
         self.start_from.reset_choices()
@@ -392,6 +432,11 @@ class TrainWidget(Container):
             minutes = float(self.budget.value)
         config = TrainConfig(
             mode=mode,
+            head=(initial.head if initial is not None else self.head.value)
+            if mode == "instances"
+            else None,
+            w0=float(self.w0.value),
+            sigma=float(self.sigma.value),
             steps=steps,
             minutes=minutes,
             base_channels=MODEL_SIZES[self.model_size.value],
