@@ -1,0 +1,82 @@
+"""Dim, low-contrast nuclei: a few gray levels over a near-black background, with shot noise.
+
+Reproduces the failure of issue 12 (background speckle becoming hundreds of
+objects) from shared data: the DSB 2018 nuclei image is scaled so that the
+background sits at about 1-2 gray levels and the nuclei about ``--signal``
+levels above it, then Poisson (shot) noise is drawn and the result stored as
+8-bit, as a dim camera frame would be. Train on rows 0-255 for ``--minutes``,
+segment rows 256-511, score against the true nuclei.
+
+Two rows: the settings before issue 12 (the paper's head, fixed labelling
+thresholds, no calibration) and the current default (three-class head,
+labelling calibrated on the training annotations).
+
+Usage: python benchmarks/dim.py [--minutes 5] [--repeats 3] [--signal 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import numpy as np
+from _data import add_data_argument, data_directory, read_nuclei
+from _report import add_device_argument, describe_device, spread
+from training import SPLIT, run
+
+
+def dim_frame(image: np.ndarray, signal: float, background: float, seed: int) -> np.ndarray:
+    """Scale ``image`` to ``background + signal * contrast`` gray levels, with shot noise."""
+    low, high = np.percentile(image, (1, 99.8))
+    contrast = np.clip((image.astype(np.float64) - low) / (high - low), 0, 1)
+    counts = np.random.default_rng(seed).poisson(background + signal * contrast)
+    return np.clip(counts, 0, 255).astype(np.uint8)
+
+
+SETTINGS = {
+    "before (paper head, fixed thresholds)": {"head": "paper", "calibrate": False},
+    "now (three-class head, calibrated)": {},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(parser)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--signal", type=float, default=15.0, help="gray levels of a nucleus")
+    parser.add_argument("--background", type=float, default=1.5, help="mean background level")
+    parser.add_argument("--only-now", action="store_true", help="skip the 'before' row")
+    add_device_argument(parser)
+    args = parser.parse_args()
+    image, labels = read_nuclei(data_directory(args.data_dir))
+    frame = dim_frame(image, args.signal, args.background, seed=0)
+    background = frame[labels == 0]
+    print(describe_device(args.device))
+    print(
+        f"dim frame: background mean {background.mean():.1f} (99th percentile "
+        f"{np.percentile(background, 99):.0f}), nuclei mean {frame[labels > 0].mean():.1f} "
+        f"gray levels; {len(np.unique(labels[SPLIT:])) - 1} true nuclei in rows 256-511"
+    )
+    table = {}
+    for name, settings in SETTINGS.items():
+        if args.only_now and name.startswith("before"):
+            continue
+        table[name] = [
+            run(frame, labels, args.minutes, seed, args.device, **settings)
+            for seed in range(args.repeats)
+        ]
+    n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"
+    print(f"\n{n}, {args.minutes:g} CPU minutes")
+    print("| settings | AP@0.5 | AP@0.75 | touching pairs apart | objects |")
+    print("|---|---:|---:|---:|---:|")
+    for name, results in table.items():
+        print(
+            f"| {name} | "
+            + " | ".join(spread([r[key] for r in results]) for key in ("ap50", "ap75", "apart"))
+            + f" | {statistics.median(r['n_pred'] for r in results):.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
