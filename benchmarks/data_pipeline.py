@@ -29,14 +29,8 @@ import torch
 from _data import add_data_argument, data_directory, read_nuclei
 
 from napari_unet.device import autocast_dtype, resolve_device
-from napari_unet.training import (
-    TrainConfig,
-    TrainingProgress,
-    _make_sampler,
-    _step,
-    prepare_training_data,
-    train_generator,
-)
+from napari_unet.sampling import make_sampler, prepare_training_data
+from napari_unet.training import TrainConfig, TrainingProgress, _step, train_generator
 
 SPLIT = 256
 
@@ -48,20 +42,20 @@ def model_only(data, config: TrainConfig, steps: int) -> float:
     torch.manual_seed(0)
     model = UNet(model_config).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    sampler = _make_sampler(data, model_config, config.tile_size, config, seed=0)
+    sampler = make_sampler(data, model_config, config.tile_size, config, seed=0)
     tiles = [sampler.draw() for _ in range(min(steps, 20))]
     device = resolve_device("cpu")
     amp = autocast_dtype(device, config.precision)  # the same precision as the real loop
-    _step(model, optimizer, *tiles[0], device, amp)  # warm-up
+    _step(model, optimizer, *tiles[0], device, amp, data.task)  # warm-up
     start = time.perf_counter()
     for i in range(steps):
-        _step(model, optimizer, *tiles[i % len(tiles)], device, amp)
+        _step(model, optimizer, *tiles[i % len(tiles)], device, amp, data.task)
     return (time.perf_counter() - start) / steps
 
 
 def data_only(data, config: TrainConfig, steps: int) -> float:
     model_config = config.model_config(data.in_channels, data.n_classes)
-    sampler = _make_sampler(data, model_config, config.tile_size, config, seed=1)
+    sampler = make_sampler(data, model_config, config.tile_size, config, seed=1)
     sampler.draw()
     start = time.perf_counter()
     for _ in range(steps):

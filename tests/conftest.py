@@ -40,3 +40,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def touching_pair():
+    """Two discs that touch along a vertical line, and a lone disc (instance labels)."""
+    from _instances import touching_pair_labels
+
+    return touching_pair_labels()

@@ -19,6 +19,7 @@ from napari_unet.checkpoint import (
 )
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
+from napari_unet.tasks import Postprocess
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -300,6 +301,41 @@ def test_newer_or_unknown_format_version(saved, version):
     with pytest.raises(CheckpointError, match="upgrade the package") as error:
         load_checkpoint(path)
     assert repr(version) in str(error.value)
+
+
+def test_a_file_from_before_heads_loads_as_the_paper_head(saved):
+    """Older files hold no head and no labelling settings: the paper's head, its defaults."""
+    path, _ = saved
+
+    def drop(payload):
+        del payload["head"], payload["postprocess"]
+
+    rewrite(path, drop)
+    loaded = load_checkpoint(path)
+    assert loaded.head == "paper" and loaded.task.name == "paper"
+    assert loaded.postprocess == loaded.task.default_postprocess
+
+
+def test_head_and_labelling_settings_round_trip(tmp_path):
+    model = tiny_unet(n_classes=3)
+    settings = Postprocess(threshold=0.4, seed_threshold=0.3, min_seed_size=7, min_size=2)
+    path = tmp_path / "three.pt"
+    save_checkpoint(
+        path,
+        Checkpoint.from_model(model, mode="instances", head="three-class", postprocess=settings),
+    )
+    loaded = load_checkpoint(path)
+    assert loaded.task.name == "three-class" and loaded.postprocess == settings
+    assert loaded.class_names == ("background", "interior", "boundary")
+    with pytest.raises(ValueError, match="has 3 outputs but the network has 2"):
+        Checkpoint.from_model(tiny_unet(), mode="instances", head="three-class")
+
+
+def test_damaged_labelling_settings_are_refused(saved):
+    path, _ = saved
+    rewrite(path, lambda payload: payload.__setitem__("postprocess", {"threshold": 7}))
+    with pytest.raises(CheckpointError, match="damaged model description"):
+        load_checkpoint(path)
 
 
 def test_older_format_version_is_read(saved):

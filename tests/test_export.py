@@ -43,6 +43,7 @@ from napari_unet.inference import InferenceConfig, predict
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 from napari_unet.synthetic import make_touching_nuclei
+from napari_unet.tasks import Postprocess
 
 BORDER = 20  # depth 2, valid padding
 DOI = "10.1007/978-3-319-24574-4_28"
@@ -74,6 +75,7 @@ def model_pt(folder):
     """A saved checkpoint whose metadata hold a local path, a nan and a validation score."""
     checkpoint = tiny_checkpoint(
         mode="instances",
+        postprocess=Postprocess(threshold=0.4, seed_threshold=0.7, min_seed_size=9, min_size=4),
         normalization=Normalization(2.0, 98.0),
         metadata={
             "steps": 3,
@@ -325,6 +327,8 @@ def test_package_reads_back_as_the_checkpoint(package, model_pt):
     for loaded in (load_package(path), load_model_file(path)):
         assert loaded.model_config == original.model_config
         assert loaded.mode == original.mode
+        assert loaded.head == original.head == "paper"
+        assert loaded.postprocess == original.postprocess
         assert loaded.class_names == original.class_names
         assert loaded.normalization == original.normalization
         assert loaded.state_dict.keys() == original.state_dict.keys()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_unet.calibration import calibrate
+from _instances import three_class_maps
 from napari_unet.tasks import (
     INSTANCE_HEADS,
     PaperInstances,
@@ -13,33 +13,6 @@ from napari_unet.tasks import (
     get_task,
     task_for,
 )
-
-
-def disk(shape, centre, radius):
-    rows, cols = np.mgrid[: shape[0], : shape[1]]
-    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
-
-
-@pytest.fixture
-def touching_pair():
-    """Two discs of radius 8 that touch along a vertical line, and a lone disc."""
-    shape = (48, 64)
-    labels = np.zeros(shape, np.int32)
-    labels[disk(shape, (20, 18), 8)] = 1
-    second = disk(shape, (20, 32), 8) & (np.mgrid[: shape[0], : shape[1]][1] >= 25)
-    labels[second] = 2
-    labels[disk(shape, (38, 52), 6)] = 3
-    return labels
-
-
-def three_class_maps(labels, interior_holes=None):
-    """The maps a perfect three-class network would give for ``labels``."""
-    target, _ = ThreeClassInstances().targets(labels)
-    foreground = (target > 0).astype(np.float32)
-    interior = (target == 1).astype(np.float32)
-    if interior_holes is not None:
-        interior[interior_holes] = 0.0
-    return np.stack([foreground, interior])
 
 
 def test_names_and_lookup():
@@ -138,23 +111,6 @@ def test_blockwise_seed_filter_matches_one_block(touching_pair):
     # Same partition up to a renumbering.
     pairs = {(a, b) for a, b in zip(whole.ravel(), blocks.ravel(), strict=True)}
     assert len(pairs) == whole.max() + 1
-
-
-def test_calibration_picks_the_known_best_threshold(touching_pair):
-    """Boundaries at 0.5 join the pair's seeds below a seed threshold of 0.5, not from it."""
-    maps = three_class_maps(touching_pair)
-    # Seeds are the pixels above the seed threshold: from 0.5 on, the contact
-    # (interior probability 0.5) is no seed and the two discs stay apart.
-    target, _ = ThreeClassInstances().targets(touching_pair)
-    maps[1][target == 2] = 0.5
-    maps[1][target == 1] = 0.9
-    task = ThreeClassInstances()
-    start = Postprocess(threshold=0.5, seed_threshold=0.3)
-    merged = task.label_plane(maps, start)
-    assert merged.max() == 2
-    best = calibrate(task, [maps], [touching_pair], start=start)
-    assert best.default_score < 1.0 and best.score == 1.0
-    assert best.postprocess.seed_threshold >= 0.5
 
 
 def test_postprocess_round_trips_and_checks():

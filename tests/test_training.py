@@ -318,9 +318,32 @@ def test_training_calibrates_the_labelling_and_says_where(nuclei, with_validatio
     assert len(messages) == 1 and "calibrated" in messages[0]
     assert ("validation image" in messages[0]) == with_validation
     calibration = result.checkpoint.metadata["calibration"]
-    assert calibration["on"] == ("validation" if with_validation else "training")
+    assert ("validation" in calibration["on"]) == with_validation
     assert calibration["score"] >= calibration["default_score"]
     assert result.checkpoint.postprocess is not None
+
+
+def test_calibration_holds_out_whole_images_when_there_are_enough():
+    pairs = [make_touching_nuclei((64, 64), n_nuclei=4, seed=seed) for seed in range(12)]
+    held_out = training._hold_out(pairs, None, None)
+    assert len(held_out.pairs) == 11 and len(held_out.planes) == 1
+    np.testing.assert_array_equal(held_out.planes[0][1], pairs[-1][1])
+    assert "1 training image(s) held out" in held_out.description
+
+
+def test_calibration_holds_out_the_bottom_rows_of_one_image():
+    image, labels = make_touching_nuclei((200, 160), n_nuclei=40, seed=3)
+    held_out = training._hold_out([(image, labels)], None, None)
+    ((_, _, rows),) = held_out.planes
+    assert rows == slice(160, 200) and "rows 160-199" in held_out.description
+    (mask,) = held_out.masks
+    assert mask[:160].all() and not mask[160:].any()  # not learnt from
+    # Too few objects in the bottom rows: nothing is held out.
+    sparse = labels.copy()
+    sparse[150:] = 0
+    assert training._hold_out([(image, sparse)], None, None) is None
+    # Partly annotated images are never held out.
+    assert training._hold_out([(image, labels)], [np.ones(labels.shape, bool)], None) is None
 
 
 def test_a_head_is_kept_when_fine_tuning(nuclei):

@@ -15,9 +15,6 @@ from typing import Any
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: Key of this package's attributes in a result store.
-STORE_KEY = "napari-unet"
-
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """Return :func:`read_result` for a complete result store, else None (another reader)."""
@@ -33,7 +30,7 @@ def read_result(path: str | list[str]) -> list[LayerData]:
     import dask.array as da
     import zarr
 
-    from napari_unet.distributed import level_arrays
+    from napari_unet.result_store import level_arrays
 
     if isinstance(path, list):
         (path,) = path
@@ -87,6 +84,8 @@ def _result_attributes(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     try:
         import zarr
+
+        from napari_unet.result_store import STORE_KEY
 
         group = zarr.open_group(str(path), mode="r")
         attributes = dict(group.attrs).get(STORE_KEY)

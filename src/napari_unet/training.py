@@ -7,12 +7,11 @@ checkpoint). :func:`train` runs it to the end. Stopping is cooperative: a
 ``should_stop`` callable is polled every step and the model trained so far is
 returned.
 
-Data flow: each (image, labels) pair is normalised and its boundary weight map
-computed once. A background thread then draws random tiles of the network's
-input size around annotated pixels, warps them with one combined transform
-(elastic deformation on a coarse 3x3 grid, rotation, flip, shift, mirrored at
-the image border) and applies gray-value changes, so preparing data overlaps
-with the model's step.
+Data flow: :mod:`napari_unet.sampling` prepares each (image, labels) pair
+once (normalised, with the task's targets and weights) and draws augmented
+tiles in a background thread, so preparing data overlaps with the model's
+step. After the budget, the labelling of an instance task is calibrated
+(:mod:`napari_unet.calibration`) and stored in the checkpoint.
 
 Examples
 --------
@@ -30,8 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
-import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -41,16 +38,23 @@ import numpy as np
 import torch
 
 from napari_unet._generators import run_to_end
-from napari_unet._validation import as_rng, check_image, check_labels, check_same_shape
-from napari_unet.augment import AugmentConfig, random_displacement_field, warp
+from napari_unet._validation import as_rng
+from napari_unet.augment import AugmentConfig
 from napari_unet.calibration import Calibration, calibrate
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.device import Precision, autocast_dtype, resolve_device
-from napari_unet.inference import ImagePlanes, InferenceConfig, predict
+from napari_unet.inference import InferenceConfig, predict
 from napari_unet.metrics import average_precision
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
-from napari_unet.tasks import Task, get_task, task_for
+from napari_unet.sampling import (
+    Prefetcher,
+    TrainingData,
+    make_sampler,
+    prepare_training_data,
+    split_planes,
+)
+from napari_unet.tasks import Task, task_for
 
 __all__ = [
     "TrainConfig",
@@ -88,9 +92,12 @@ class TrainConfig:
         as in the paper). Both use the paper's weight map.
     calibrate : bool
         After training, choose the thresholds and size limits that turn the
-        network's maps into objects (:mod:`napari_unet.calibration`) on the
-        validation pair, or without one on the training annotations, and store
-        them in the checkpoint.
+        network's maps into objects (:mod:`napari_unet.calibration`) and store
+        them in the checkpoint. They are chosen on the validation pair; without
+        one, on annotations held out of training: the last tenth of five or
+        more fully annotated images (at most 8), else the bottom fifth of the
+        rows of the largest one (when it holds at least 5 objects), else on
+        the training planes themselves.
     steps : int, optional
         Number of optimisation steps (one tile each). With ``minutes`` as well,
         training stops at whichever comes first.
@@ -283,309 +290,6 @@ def weighted_cross_entropy(
     return -(weights * picked).sum() / target.numel()
 
 
-# -- data -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Sample:
-    image: np.ndarray  # (C, H, W) float32, normalised
-    target: np.ndarray  # (H, W) int64 class index
-    weights: np.ndarray  # (H, W) float32, 0 where not annotated
-    annotated: np.ndarray  # flat indices of a subsample of annotated pixels
-
-
-@dataclass
-class TrainingData:
-    """Normalised planes with their targets and weight maps, computed once."""
-
-    samples: list[_Sample]
-    in_channels: int
-    n_classes: int
-    task: Task
-    shapes: list[tuple[int, ...]]
-    #: Pixel areas of the annotated objects (instance tasks), for the size prior.
-    object_areas: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    @property
-    def n_pixels(self) -> int:
-        """Annotated pixels over all planes."""
-        return int(sum(int((s.weights > 0).sum()) for s in self.samples))
-
-
-def _split_planes(
-    image: np.ndarray, labels: np.ndarray, channel_axis: int | None, name: str
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Return lists of (C, H, W) image planes and (H, W) label planes.
-
-    Axes are read as inference reads them (:class:`ImagePlanes`), so a model
-    sees the same channels in training and in use.
-    """
-    labels = check_labels(labels, f"{name} labels", ndim=(2, 3), require_objects=False)
-    image = check_image(image, f"{name} image", ndim=(2, 3, 4))
-    if channel_axis is None and image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4):
-        channel_axis = -1  # RGB(A) as napari shows it: (..., H, W, 3)
-    planes = ImagePlanes(image, channel_axis)
-    if planes.plane_shape != labels.shape[:-2]:
-        raise ValueError(
-            f"{name}: image of shape {image.shape} (channel axis {channel_axis}) does not "
-            f"match labels of shape {labels.shape}; give one 2D plane of labels per image plane."
-        )
-    everything = slice(None)
-    images = [planes.read(plane, everything, everything) for plane in range(planes.n_planes)]
-    return images, list(labels) if labels.ndim == 3 else [labels]
-
-
-def prepare_training_data(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-    *,
-    task: str | Task = "instances",
-    masks: Sequence[np.ndarray | None] | None = None,
-    channel_axis: int | None = None,
-    normalization: Normalization | None = None,
-    n_classes: int | None = None,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-) -> TrainingData:
-    """Turn (image, labels) pairs into normalised training planes with weight maps.
-
-    Parameters
-    ----------
-    pairs : sequence of (image, labels)
-        Images 2D ``(H, W)``, RGB ``(H, W, 3)`` or stacks ``(Z, H, W)``; labels
-        of the same height and width (one plane per image plane).
-    task : str or Task
-        What to learn (:mod:`napari_unet.tasks`); "instances" is the default
-        instance head.
-    masks : sequence of arrays or None, optional
-        Per pair, a boolean mask of fully annotated regions (same shape as the
-        labels); pixels outside carry zero loss weight.
-    channel_axis : int, optional
-        Channel axis of the images (RGB is recognised by itself).
-    normalization : Normalization, optional
-        Intensity scaling; percentiles by default.
-    n_classes : int, optional
-        Number of classes of a semantic model (default: the largest label).
-    w0, sigma : float
-        Boundary weight map parameters (instance tasks).
-
-    Raises
-    ------
-    ValueError
-        If no plane holds any annotation, or shapes disagree.
-    """
-    task = task_for("instances") if task == "instances" else get_task(task)
-    if len(pairs) == 0:
-        raise ValueError("Give at least one (image, labels) pair to train on.")
-    normalization = normalization or Normalization()
-    masks = list(masks) if masks is not None else [None] * len(pairs)
-    if len(masks) != len(pairs):
-        raise ValueError(f"Got {len(masks)} masks for {len(pairs)} image/label pairs.")
-    planes: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
-    for number, ((image, labels), mask) in enumerate(zip(pairs, masks, strict=True), start=1):
-        name = f"pair {number}"
-        images, label_planes = _split_planes(image, labels, channel_axis, name)
-        mask_planes: list[np.ndarray | None] = [None] * len(images)
-        if mask is not None:
-            mask = np.asarray(mask, dtype=bool)
-            if mask.shape != np.shape(labels):
-                raise ValueError(
-                    f"{name}: the annotated-region mask has shape {mask.shape} but the labels "
-                    f"have shape {np.shape(labels)}."
-                )
-            mask_planes = [mask] if mask.ndim == 2 else list(mask)
-        for plane_image, plane_labels, plane_mask in zip(
-            images, label_planes, mask_planes, strict=True
-        ):
-            check_same_shape(plane_image, plane_labels, f"{name} image", f"{name} labels")
-            planes.append((plane_image, plane_labels, plane_mask))
-    channels = {p[0].shape[0] for p in planes}
-    if len(channels) != 1:
-        raise ValueError(f"All images must have the same number of channels, got {channels}.")
-    if not task.instances:
-        largest = max(int(p[1].max()) for p in planes)
-        n_classes = n_classes or task.n_classes(largest)
-        if largest > n_classes:
-            raise ValueError(f"Labels go up to {largest} but the model has {n_classes} classes.")
-        if n_classes < 2:
-            raise ValueError(
-                "Semantic mode needs at least two classes (label values 1 and 2; 0 is "
-                "unlabelled). For objects on background use mode 'instances'."
-            )
-    else:
-        n_classes = task.n_classes(0)
-    samples, shapes, areas = [], [], []
-    for plane_image, plane_labels, plane_mask in planes:
-        sample = _make_sample(
-            plane_image, plane_labels, plane_mask, task, n_classes, normalization, w0, sigma
-        )
-        if sample is not None:
-            samples.append(sample)
-            shapes.append(plane_image.shape)
-            if task.instances:
-                areas.append(_object_areas(plane_labels, plane_mask))
-    if not samples:
-        raise ValueError(
-            "No annotation found: every label plane is empty. Paint some objects (or, in "
-            "semantic mode, classes) in the labels layer, or mark annotated regions."
-        )
-    return TrainingData(
-        samples,
-        channels.pop(),
-        n_classes,
-        task,
-        shapes,
-        np.concatenate(areas) if areas else np.zeros(0, np.int64),
-    )
-
-
-def _object_areas(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Pixel areas of the objects that lie wholly inside the annotated region."""
-    counts = np.bincount(labels.ravel().astype(np.intp))
-    if mask is not None:
-        outside = np.unique(labels[~mask])
-        counts[outside] = 0
-    counts[0] = 0
-    return counts[counts > 0]
-
-
-def _make_sample(
-    image: np.ndarray,
-    labels: np.ndarray,
-    mask: np.ndarray | None,
-    task: Task,
-    n_classes: int,
-    normalization: Normalization,
-    w0: float,
-    sigma: float,
-) -> _Sample | None:
-    if task.instances:
-        if mask is None and not labels.any():
-            return None
-        region = mask if mask is not None else np.ones(labels.shape, bool)
-    else:
-        region = labels > 0 if mask is None else (labels > 0) & mask
-    if not region.any():
-        return None
-    low, high = normalization.statistics(image)
-    normalised = Normalization.apply(image, low, high)
-    target, weights = task.targets(labels, region, w0=w0, sigma=sigma, n_classes=n_classes)
-    flat = np.flatnonzero(weights > 0)
-    if flat.size > 65536:  # a subsample is enough to centre tiles on annotation
-        flat = flat[:: flat.size // 65536]
-    return _Sample(normalised, target, weights, flat)
-
-
-class _TileSampler:
-    """Draws augmented training tiles; runs in a background thread."""
-
-    def __init__(
-        self,
-        data: TrainingData,
-        input_size: int,
-        output_size: int,
-        config: TrainConfig,
-        rng: np.random.Generator,
-    ) -> None:
-        self.data, self.config, self.rng = data, config, rng
-        self.input_size, self.output_size = input_size, output_size
-        areas = np.array([s.annotated.size for s in data.samples], dtype=np.float64)
-        self.probabilities = areas / areas.sum()
-        offset = (input_size - output_size) / 2
-        grid = np.indices((input_size, input_size), dtype=np.float32)
-        self.grid = grid - (input_size - 1) / 2  # centred on the tile
-        self.inner = (slice(int(offset), int(offset) + output_size),) * 2
-
-    def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rng, augment = self.rng, self.config.augment
-        sample = self.data.samples[rng.choice(len(self.data.samples), p=self.probabilities)]
-        height, width = sample.target.shape
-        centre = np.unravel_index(
-            sample.annotated[rng.integers(sample.annotated.size)], (height, width)
-        )
-        # Shift so the annotated pixel lands anywhere in the output window.
-        jitter = rng.uniform(-self.output_size / 2, self.output_size / 2, size=2)
-        centre = np.asarray(centre, dtype=np.float32) + jitter.astype(np.float32)
-        angle = rng.uniform(0, 2 * np.pi) if self.config.rotate else 0.0
-        quarter = rng.integers(4) if augment.flip_rotate else 0
-        flip = bool(rng.integers(2)) if augment.flip_rotate else False
-        angle += quarter * np.pi / 2
-        cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-        rows, cols = self.grid
-        if flip:
-            cols = -cols
-        coords = np.stack([cos * rows - sin * cols, sin * rows + cos * cols])
-        if augment.elastic_std > 0:
-            coords += random_displacement_field(
-                (self.input_size, self.input_size),
-                std=augment.elastic_std,
-                grid=augment.elastic_grid,
-                rng=rng,
-            )
-        coords += centre[:, None, None]
-        image = _warp_window(sample.image, coords, augment.image_order)
-        inner = coords[:, self.inner[0], self.inner[1]]
-        target = _warp_window(sample.target, inner, 0)
-        weights = _warp_window(sample.weights, inner, 1)
-        if not augment.is_identity:
-            image = augment.gray_values(image, rng)
-        return image, target, weights
-
-
-def _warp_window(array: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
-    """Warp only the window of ``array`` that ``coords`` reach (cost bounded by the tile).
-
-    The window is clipped to the array, so positions outside it are still
-    mirrored about the real image border.
-    """
-    height, width = array.shape[-2:]
-    margin = 3  # support of the cubic spline
-    r0 = max(int(np.floor(coords[0].min())) - margin, 0)
-    r1 = min(int(np.ceil(coords[0].max())) + margin + 1, height)
-    c0 = max(int(np.floor(coords[1].min())) - margin, 0)
-    c1 = min(int(np.ceil(coords[1].max())) + margin + 1, width)
-    if r0 >= r1 or c0 >= c1:  # entirely outside: take the whole (small) image
-        r0, r1, c0, c1 = 0, height, 0, width
-    window = array[..., r0:r1, c0:c1]
-    shift = np.array([r0, c0], dtype=coords.dtype)[:, None, None]
-    return warp(window, coords - shift, order=order, mode="mirror")
-
-
-class _Prefetcher:
-    """Run a tile sampler in a daemon thread, a few tiles ahead of the model."""
-
-    def __init__(self, sampler: _TileSampler, depth: int = 4) -> None:
-        self.sampler = sampler
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="napari-unet-tiles", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                item: Any = self.sampler.draw()
-            except Exception as error:  # hand the error to the training loop
-                item = error
-            while not self.stop.is_set():
-                try:
-                    self.queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, Exception):
-                return
-
-    def get(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        item = self.queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-
 # -- the loop ---------------------------------------------------------------------------
 
 
@@ -650,6 +354,12 @@ def train_generator(
         )
     # Fine-tuning keeps the starting model's head.
     task = initial.task if initial is not None else config.task
+    held_out = None
+    if config.calibrate and task.instances and validation is None:
+        # Calibration needs annotations the network does not learn from.
+        held_out = _hold_out(pairs, masks, channel_axis)
+        if held_out is not None:
+            pairs, masks = held_out.pairs, held_out.masks
     data = prepare_training_data(
         pairs,
         task=task,
@@ -674,7 +384,7 @@ def train_generator(
         model_config = config.model_config(data.in_channels, data.n_classes)
     validation_data = validation_plane = None
     if validation is not None:
-        images, label_planes = _split_planes(*validation, channel_axis, "validation")
+        images, label_planes = split_planes(*validation, channel_axis, "validation")
         # Score the first annotated plane, the one prepare_training_data keeps first.
         first = next((i for i, plane in enumerate(label_planes) if plane.any()), 0)
         validation_plane = (images[first], label_planes[first])
@@ -723,19 +433,18 @@ def train_generator(
             "(change them in the Segment widget).",
         )
     elif config.calibrate and task.instances and result.steps > 0:
-        planes = (
-            [validation_plane]
-            if validation_plane is not None
-            else _calibration_planes(pairs, masks, channel_axis)
-        )
+        if validation_plane is not None:
+            planes, where = [(*validation_plane, slice(None))], "the validation image"
+        elif held_out is not None:
+            planes, where = held_out.planes, held_out.description
+        else:
+            planes = [
+                (*plane, slice(None)) for plane in _calibration_planes(pairs, masks, channel_axis)
+            ]
+            where = f"{len(planes)} training plane(s) (too few objects to hold any out)"
         if planes:
             calibration = calibrate_on(model, task, planes, data.object_areas, normalization)
             postprocess = calibration.postprocess
-            where = (
-                "the validation image"
-                if validation_plane is not None
-                else (f"{len(planes)} training plane(s)")
-            )
             yield TrainingMessage(
                 result.steps,
                 f"Labelling settings calibrated on {where}: AP@0.5 {calibration.score:.2f} "
@@ -754,7 +463,7 @@ def train_generator(
                     "score": calibration.score,
                     "default_score": calibration.default_score,
                     "planes": calibration.n_planes,
-                    "on": "validation" if validation_plane is not None else "training",
+                    "on": where,
                     "median_object_area": float(np.median(data.object_areas)),
                 }
                 if calibration is not None
@@ -803,7 +512,7 @@ def _calibration_planes(
     for (image, labels), mask in zip(pairs, masks, strict=True):
         if mask is not None:
             continue  # partly annotated: unmarked objects would count as false positives
-        images, label_planes = _split_planes(image, labels, channel_axis, "calibration")
+        images, label_planes = split_planes(image, labels, channel_axis, "calibration")
         for plane_image, plane_labels in zip(images, label_planes, strict=True):
             if not plane_labels.any():
                 continue
@@ -816,17 +525,90 @@ def _calibration_planes(
     return chosen
 
 
+#: Share of the rows of the largest training image held out for calibration when
+#: there are too few images to hold whole ones out, and the fewest objects there.
+HOLD_OUT_FRACTION = 0.2
+MIN_HELD_OUT_OBJECTS = 5
+
+
+@dataclass
+class _HeldOut:
+    """Training pairs and masks without the part held out, and that part for calibration."""
+
+    pairs: list[tuple[np.ndarray, np.ndarray]]
+    masks: list[np.ndarray | None]
+    planes: list[tuple[np.ndarray, np.ndarray, slice]]  # (C, H, W) image, labels, rows scored
+    description: str
+
+
+def _hold_out(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    masks: Sequence[np.ndarray | None] | None,
+    channel_axis: int | None,
+) -> _HeldOut | None:
+    """Set aside annotations for calibration, or return None.
+
+    Whole images when there are five or more fully annotated 2D images (the
+    last tenth, at most ``CALIBRATION_PLANES``), else the bottom
+    ``HOLD_OUT_FRACTION`` of the rows of the largest one; None when that part
+    would hold fewer than ``MIN_HELD_OUT_OBJECTS`` objects.
+    """
+    pairs = list(pairs)
+    masks = list(masks) if masks is not None else [None] * len(pairs)
+    full = [
+        number
+        for number, ((_, labels), mask) in enumerate(zip(pairs, masks, strict=True))
+        if mask is None and np.ndim(labels) == 2 and np.any(labels)
+    ]
+    if len(full) >= 5:
+        chosen = full[-min(CALIBRATION_PLANES, max(1, round(0.1 * len(full)))) :]
+        planes = []
+        for number in chosen:
+            images, label_planes = split_planes(*pairs[number], channel_axis, "calibration")
+            planes.append((images[0], label_planes[0], slice(None)))
+        kept = [number for number in range(len(pairs)) if number not in chosen]
+        return _HeldOut(
+            [pairs[number] for number in kept],
+            [masks[number] for number in kept],
+            planes,
+            f"{len(chosen)} training image(s) held out of training",
+        )
+    if not full:
+        return None
+    number = max(full, key=lambda n: np.size(pairs[n][1]))
+    image, labels = pairs[number]
+    height = np.shape(labels)[0]
+    cut = round(height * (1 - HOLD_OUT_FRACTION))
+    band = np.asarray(labels)[cut:]
+    if len(np.unique(band[band > 0])) < MIN_HELD_OUT_OBJECTS:
+        return None
+    mask = np.zeros(np.shape(labels), bool)
+    mask[:cut] = True
+    masks[number] = mask
+    images, label_planes = split_planes(image, labels, channel_axis, "calibration")
+    return _HeldOut(
+        pairs,
+        masks,
+        [(images[0], label_planes[0], slice(cut, height))],
+        f"rows {cut}-{height - 1} of training image {number + 1}, held out of training",
+    )
+
+
 def calibrate_on(
     model: UNet,
     task: Task,
-    planes: Sequence[tuple[np.ndarray, np.ndarray]],
+    planes: Sequence[tuple[np.ndarray, np.ndarray, slice]],
     object_areas: np.ndarray,
     normalization: Normalization,
     device: str = "cpu",
 ) -> Calibration:
-    """Segment ``(C, H, W)`` image planes once and calibrate the labelling on their labels."""
+    """Segment ``(C, H, W)`` image planes once and calibrate the labelling on their labels.
+
+    Each plane comes with the rows to score: the whole plane is segmented (for
+    context), the maps and labels of those rows are compared.
+    """
     maps = []
-    for image, _ in planes:
+    for image, _, rows in planes:
         probabilities = predict(
             model,
             image,
@@ -836,8 +618,8 @@ def calibrate_on(
             config=InferenceConfig(device=device, precision="fp32"),
             return_probabilities=True,
         ).probabilities
-        maps.append(task.tile_maps(np.asarray(probabilities)))
-    return calibrate(task, maps, [labels for _, labels in planes], object_areas)
+        maps.append(task.tile_maps(np.asarray(probabilities))[:, rows])
+    return calibrate(task, maps, [labels[rows] for _, labels, rows in planes], object_areas)
 
 
 def _train_loop(
@@ -863,7 +645,7 @@ def _train_loop(
         optimizer = torch.optim.SGD(parameters, lr=config.peak_learning_rate, momentum=0.99)
     tile = config.tile_size
     sampler_seed = int(rng.integers(2**63))
-    prefetch = _Prefetcher(_make_sampler(data, model.config, tile, config, sampler_seed))
+    prefetch = Prefetcher(make_sampler(data, model.config, tile, config, sampler_seed))
     losses: list[float] = []
     validations: list[ValidationResult] = []
     good_state = _copy_state(model)
@@ -900,8 +682,8 @@ def _train_loop(
                     f"{smaller}x{smaller}.",
                 )
                 tile = smaller
-                prefetch = _Prefetcher(
-                    _make_sampler(data, model.config, tile, config, sampler_seed + step)
+                prefetch = Prefetcher(
+                    make_sampler(data, model.config, tile, config, sampler_seed + step)
                 )
                 continue
             if not math.isfinite(loss):
@@ -951,13 +733,6 @@ def _train_loop(
     if device.type == "cuda":
         torch.cuda.empty_cache()  # give the GPU memory back when training ends
     return TrainingResult(model, None, step, stop_reason, losses, validations)  # type: ignore[arg-type]
-
-
-def _make_sampler(
-    data: TrainingData, model_config: UNetConfig, tile: int, config: TrainConfig, seed: int
-) -> _TileSampler:
-    output = model_config.output_shape((tile, tile))[0]
-    return _TileSampler(data, tile, output, config, np.random.default_rng(seed))
 
 
 def _smaller_tile(model_config: UNetConfig, tile: int) -> int | None:

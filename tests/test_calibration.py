@@ -1,0 +1,53 @@
+"""Calibration of the labelling settings on constructed cases with a known best."""
+
+import numpy as np
+import pytest
+
+from _instances import three_class_maps
+from napari_unet.calibration import calibrate
+from napari_unet.tasks import PaperInstances, Postprocess, ThreeClassInstances
+
+
+def test_calibration_picks_the_known_best_threshold(touching_pair):
+    """Boundaries at 0.5 join the pair's seeds below a seed threshold of 0.5, not from it."""
+    maps = three_class_maps(touching_pair)
+    # Seeds are the pixels above the seed threshold: from 0.5 on, the contact
+    # (interior probability 0.5) is no seed and the two discs stay apart.
+    target, _ = ThreeClassInstances().targets(touching_pair)
+    maps[1][target == 2] = 0.5
+    maps[1][target == 1] = 0.9
+    task = ThreeClassInstances()
+    start = Postprocess(threshold=0.5, seed_threshold=0.3)
+    merged = task.label_plane(maps, start)
+    assert merged.max() == 2
+    best = calibrate(task, [maps], [touching_pair], start=start)
+    assert best.default_score < 1.0 and best.score == 1.0
+    assert best.postprocess.seed_threshold >= 0.5
+
+
+def test_calibration_drops_speckle_with_the_size_prior(touching_pair):
+    """Small bright specks in the background are objects until the smallest size rises."""
+    foreground = (touching_pair > 0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for row, col in rng.integers(2, 46, size=(12, 2)):
+        if not foreground[row - 1 : row + 2, col - 1 : col + 2].any():
+            foreground[row : row + 2, col : col + 2] = 0.95  # a 4-pixel speck
+    task = PaperInstances()
+    start = Postprocess(threshold=0.5, seed_threshold=0.9)
+    # The touching pair shares one foreground: separate it by a dip at the contact.
+    contact = (touching_pair[:, 1:] == 2) & (touching_pair[:, :-1] == 1)
+    rows, cols = np.nonzero(contact)
+    foreground[rows, cols] = foreground[rows, cols + 1] = 0.6
+    best = calibrate(task, [foreground[None]], [touching_pair], start=start)
+    assert best.default_score < 0.5 and best.score == 1.0
+    assert best.postprocess.min_size > 4
+
+
+def test_calibration_needs_an_instance_task_and_matching_inputs(touching_pair):
+    from napari_unet.tasks import Semantic
+
+    maps = three_class_maps(touching_pair)
+    with pytest.raises(ValueError, match="instance tasks"):
+        calibrate(Semantic(), [maps], [touching_pair])
+    with pytest.raises(ValueError, match="one truth per map"):
+        calibrate(ThreeClassInstances(), [maps], [])
