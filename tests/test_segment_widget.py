@@ -97,6 +97,15 @@ def run_and_wait(qtbot, gui, **values):
     return worker
 
 
+def viewer_with_a_model(make_napari_viewer, image):
+    """A viewer with ``image`` as "nuclei", a tiny model in the session, and the widget."""
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    checkpoint = tiny_checkpoint()
+    trained_models.add(checkpoint, "test model")
+    return viewer, checkpoint, open_widget(viewer)
+
+
 def gate_after_first_tile(monkeypatch):
     """Make the worker wait after its first tile until released or asked to stop.
 
@@ -658,11 +667,7 @@ def test_cancel_keeps_the_finished_blocks_of_a_store(
 def test_labelling_settings_relabel_the_last_result_without_the_network(
     make_napari_viewer, qtbot, nuclei, monkeypatch
 ):
-    viewer = make_napari_viewer()
-    viewer.add_image(nuclei, name="nuclei")
-    checkpoint = tiny_checkpoint()
-    trained_models.add(checkpoint, "test model")
-    gui = open_widget(viewer)
+    viewer, checkpoint, gui = viewer_with_a_model(make_napari_viewer, nuclei)
     session = session_of(gui)
     controls = session.labelling
     run_and_wait(qtbot, gui, tile_size=48)
@@ -685,11 +690,7 @@ def test_labelling_settings_relabel_the_last_result_without_the_network(
 
 
 def test_the_users_labelling_settings_apply_to_the_next_run(make_napari_viewer, qtbot, nuclei):
-    viewer = make_napari_viewer()
-    viewer.add_image(nuclei, name="nuclei")
-    checkpoint = tiny_checkpoint()
-    trained_models.add(checkpoint, "test model")
-    gui = open_widget(viewer)
+    viewer, checkpoint, gui = viewer_with_a_model(make_napari_viewer, nuclei)
     controls = session_of(gui).labelling
     controls.threshold.value = 0.3
     controls.seed_threshold.value = 0.9
@@ -702,11 +703,7 @@ def test_the_users_labelling_settings_apply_to_the_next_run(make_napari_viewer, 
 
 
 def test_test_time_augmentation_from_the_widget(make_napari_viewer, qtbot, nuclei):
-    viewer = make_napari_viewer()
-    viewer.add_image(nuclei, name="nuclei")
-    checkpoint = tiny_checkpoint()
-    trained_models.add(checkpoint, "test model")
-    gui = open_widget(viewer)
+    viewer, checkpoint, gui = viewer_with_a_model(make_napari_viewer, nuclei)
     run_and_wait(qtbot, gui, tile_size=48, tta=True)
     config = InferenceConfig(tile_shape=(48, 48), device="cpu", tta=True)
     reference = predict(
@@ -718,3 +715,16 @@ def test_test_time_augmentation_from_the_widget(make_napari_viewer, qtbot, nucle
         config=config,
     )
     np.testing.assert_array_equal(viewer.layers[-1].data, reference.labels)
+
+
+def test_paper_head_settings_that_cannot_seed_are_refused(
+    make_napari_viewer, nuclei, notifications
+):
+    viewer, _, gui = viewer_with_a_model(make_napari_viewer, nuclei)
+    controls = session_of(gui).labelling
+    controls.threshold.value = 0.7
+    controls.seed_threshold.value = 0.6
+    assert gui() is None
+    (message,) = errors(notifications)
+    assert "raise the seed threshold" in message
+    assert len(viewer.layers) == 1  # no empty result layer left behind

@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "large images",
         "Zarr stores and OME-Zarr images (and TIFFs with --workers or --scheduler) are read "
         "lazily and segmented block by block into OUTDIR/<image name>.zarr (a zarr store "
-        "holding 'labels'; with --probabilities also 'probabilities' and 'foreground'). "
+        "holding 'labels'; with --probabilities also 'probabilities' and the head's maps). "
         "See docs/large-data.md.",
     )
     cluster = large.add_mutually_exclusive_group()

@@ -227,6 +227,18 @@ def _predict(job: _Job) -> Generator[TileResult, None, Prediction]:
     return result
 
 
+def _settings_problem(checkpoint: Checkpoint, settings: Postprocess | None) -> str:
+    """Say what is wrong with labelling settings for ``checkpoint`` ("" when nothing)."""
+    if settings is None or len(checkpoint.task.map_names) > 1:
+        return ""
+    if settings.seed_threshold is not None and settings.seed_threshold <= settings.threshold:
+        return (
+            "With the paper's head, seeds are the most confident foreground: raise the seed "
+            "threshold above the foreground threshold."
+        )
+    return ""
+
+
 def _relabel(task: Any, maps: np.ndarray, settings: Postprocess) -> np.ndarray:
     """Label every plane of kept ``(..., n_maps, H, W)`` maps with ``settings`` (a worker)."""
     plane_shape = maps.shape[:-3]
@@ -512,6 +524,10 @@ class _Session:
         if image is None:
             raise UserError("There is no Image layer to segment: open an image first.")
         checkpoint = _choose_checkpoint(choices.model, choices.model_file)
+        postprocess = self.labelling.settings_for(checkpoint)
+        problem = _settings_problem(checkpoint, postprocess)
+        if problem:
+            raise UserError(problem)
         try:
             resolved = resolve_device(choices.device)
         except ValueError as error:  # e.g. cuda requested, none available
@@ -554,7 +570,7 @@ class _Session:
             data=data,
             channel_axis=channel_axis,
             config=config,
-            postprocess=self.labelling.settings_for(checkpoint),
+            postprocess=postprocess,
             device=resolved,
             probabilities=choices.probabilities,
             image_name=image.name,
@@ -759,6 +775,10 @@ class _Session:
             self._relabel_again = True  # the latest settings win, without piling up workers
             return None
         settings = self.labelling.settings_for(kept.checkpoint)
+        problem = _settings_problem(kept.checkpoint, settings)
+        if problem:
+            self.status.value = problem
+            return None
         worker = create_worker(
             _relabel, kept.checkpoint.task, kept.maps, settings, _start_thread=False
         )
