@@ -12,7 +12,7 @@ the segmentation time of the test images). The Otsu + distance-transform watersh
 of ``training.py`` runs on the same images.
 
 Usage: python benchmarks/dsb_stage1.py [--minutes 20] [--repeats 1] [--head three-class]
-       [--train-images 200] [--no-tta]
+       [--train-images 200] [--no-tta] [--save benchmark-output/dsb]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 from _data import add_data_argument, data_directory
@@ -28,6 +29,7 @@ from _report import add_device_argument, describe_device, spread
 from training import otsu_watershed, score
 
 from napari_unet import InferenceConfig, TrainConfig, predict
+from napari_unet.checkpoint import save_checkpoint
 from napari_unet.io import read_image
 from napari_unet.training import train
 
@@ -72,6 +74,9 @@ def main() -> None:
         "--test-images", type=int, default=None, help="score only the first N (a quick check)"
     )
     parser.add_argument(
+        "--save", type=Path, default=None, help="save each seed's model as SAVE-seed<N>.pt"
+    )
+    parser.add_argument(
         "--no-tta", action="store_true", help="skip the test-time augmentation row (8x slower)"
     )
     add_device_argument(parser)
@@ -95,6 +100,8 @@ def main() -> None:
         start = time.perf_counter()
         result = train(pairs, config)
         checkpoint = result.checkpoint
+        if args.save is not None:
+            save_checkpoint(args.save.with_name(f"{args.save.stem}-seed{seed}.pt"), checkpoint)
         print(
             f"  seed {seed}: {result.steps} steps in {time.perf_counter() - start:.0f} s; "
             f"{checkpoint.postprocess}",

@@ -574,28 +574,36 @@ def _seeded_watershed(
     # components hold which seeds, and the size of every seed.
     seeds = _BlockComponents(grid, structure)
     mask_parts = _BlockComponents(grid, structure)
-    contacts, seed_sizes = [], []
+    # Per block: each seed's provisional id, the mask part that holds it (a seed lies
+    # in one part of its block) and its pixel count there. Linear in the pixels: no
+    # sorting of pixel pairs, which would hold the GIL for long on large images.
+    seed_ids, seed_parts, seed_counts = [], [], []
     for bi, bj, rows, cols in grid:
         mask, seed_mask, _ = maps.read(rows, cols, check=True)
         provisional = seeds.add(bi, bj, seed_mask)
         parts = mask_parts.add(bi, bj, mask)
-        contacts.append(np.unique(np.stack([parts[seed_mask], provisional[seed_mask]]), axis=1))
-        seed_sizes.append(np.bincount(provisional[seed_mask], minlength=seeds.n_provisional + 1))
+        offset, count = int(seeds.offsets[bi, bj]), int(seeds.counts[bi, bj])
+        local = provisional[seed_mask] - offset
+        part_of = np.zeros(count + 1, dtype=np.int64)
+        part_of[local] = parts[seed_mask]
+        seed_ids.append(np.arange(offset + 1, offset + count + 1))
+        seed_parts.append(part_of[1:])
+        seed_counts.append(np.bincount(local, minlength=count + 1)[1:])
     n_found = seeds.finish()
     n_parts = mask_parts.finish()
     assert seeds.lookup is not None and mask_parts.lookup is not None
+    ids = np.concatenate(seed_ids) if seed_ids else np.zeros(0, np.int64)
     size = np.zeros(n_found + 1, dtype=np.int64)
-    for counts in seed_sizes:
-        np.add.at(size, seeds.lookup[: counts.size], counts)
+    np.add.at(size, seeds.lookup[ids], np.concatenate(seed_counts) if seed_counts else ids)
     # Seeds too small to trust get id 0; the others are numbered 1..n_seeds.
     kept = size >= max(min_seed_size, 1)
     kept[0] = False
     seed_id = np.zeros(n_found + 1, dtype=np.int64)
     seed_id[kept] = np.arange(1, int(kept.sum()) + 1)
     n_seeds = int(kept.sum())
-    pairs = np.concatenate(contacts, axis=1) if contacts else np.zeros((2, 0), np.int64)
+    parts_of_ids = np.concatenate(seed_parts) if seed_parts else ids
     has_seed = np.zeros(n_parts + 1, dtype=bool)
-    has_seed[mask_parts.lookup[pairs[0][kept[seeds.lookup[pairs[1]]]]]] = True
+    has_seed[mask_parts.lookup[parts_of_ids[kept[seeds.lookup[ids]]]]] = True
     has_seed[0] = True
     # Mask components without a kept seed become seeds n_seeds + 1, n_seeds + 2, ...
     seedless = np.zeros(n_parts + 1, dtype=np.int64)
