@@ -54,6 +54,8 @@ bench: venv
 	$(PY) benchmarks/training.py --minutes 1
 	$(PY) benchmarks/ablation.py --minutes 1
 	$(PY) benchmarks/isbi.py --minutes 1
+	$(PY) benchmarks/dim.py --minutes 1 --repeats 1
+	$(PY) benchmarks/dsb_stage1.py --minutes 1 --train-images 40 --no-tta
 
 bench-full: venv
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
@@ -66,6 +68,9 @@ bench-full: venv
 	$(PY) benchmarks/training.py --minutes 1 2 5 --repeats 3 --plot docs/images/training-time-to-accuracy.png
 	$(PY) benchmarks/ablation.py --minutes 5 --repeats 3
 	$(PY) benchmarks/isbi.py --minutes 5 20 --repeats 3
+	$(PY) benchmarks/training.py --minutes 5 --repeats 3 --head three-class paper
+	$(PY) benchmarks/dim.py --minutes 5 --repeats 3 --before-repeats 1
+	$(PY) benchmarks/dsb_stage1.py --minutes 20 --repeats 3
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
