@@ -41,7 +41,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 # The quick benchmark run (about 15 minutes on 2 CPU cores); `bench-full` runs the commands
-# recorded in docs/benchmarks.md, 3 seeds per training row (about 3 hours). Both read
+# recorded in docs/benchmarks.md, 3 seeds per training row (about 6 hours). Both read
 # ../shared/data.
 bench: venv
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
