@@ -107,7 +107,7 @@ class Checkpoint:
         if self.postprocess is None and task.instances:
             self.postprocess = task.default_postprocess
         if not self.class_names:
-            self.class_names = default_class_names(task, self.model_config.n_classes)
+            self.class_names = task.class_names(self.model_config.n_classes)
         if len(self.class_names) != self.model_config.n_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but the model has "
@@ -135,13 +135,6 @@ class Checkpoint:
     def task(self) -> Task:
         """What the model's outputs mean and how they become labels."""
         return task_for(self.mode, self.head)
-
-
-def default_class_names(task: Task | str, n_classes: int) -> tuple[str, ...]:
-    """Return the task's names of its output classes ("background", "object"; "class 1" ..)."""
-    if isinstance(task, str):
-        task = task_for(task, "paper" if task == "instances" else None)
-    return task.class_names(n_classes)
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
