@@ -25,6 +25,23 @@ def add_device_argument(parser) -> None:
     )
 
 
+def print_instance_table(table: dict[str, list[dict]]) -> None:
+    """Print one Markdown row per setting: runs, steps, AP@0.5, AP@0.75, pairs apart, objects."""
+    print("| settings | runs | steps | AP@0.5 | AP@0.75 | touching pairs apart | objects |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, results in table.items():
+        if not results:
+            continue
+        steps = [r["steps"] for r in results if "steps" in r]
+        print(
+            f"| {name} | {len(results)} | "
+            + (f"{statistics.median(steps):.0f}" if steps else "-")
+            + " | "
+            + " | ".join(spread([r[key] for r in results]) for key in ("ap50", "ap75", "apart"))
+            + f" | {statistics.median(r['n_pred'] for r in results):.0f} |"
+        )
+
+
 def spread(values: list[float], digits: int = 3) -> str:
     """``median (min-max)`` of repeated runs, or the one value of a single run."""
     if len(values) == 1:

@@ -17,11 +17,10 @@ Usage: python benchmarks/dim.py [--minutes 5] [--repeats 3] [--before-repeats 1]
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import numpy as np
 from _data import add_data_argument, data_directory, read_nuclei
-from _report import add_device_argument, describe_device, spread
+from _report import add_device_argument, describe_device, print_instance_table
 from training import SPLIT, run
 
 
@@ -68,16 +67,7 @@ def main() -> None:
             for seed in range(repeats)
         ]
     print(f"\n{args.minutes:g} CPU minutes; median (min-max) of the runs")
-    print("| settings | runs | AP@0.5 | AP@0.75 | touching pairs apart | objects |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, results in table.items():
-        if not results:
-            continue
-        print(
-            f"| {name} | {len(results)} | "
-            + " | ".join(spread([r[key] for r in results]) for key in ("ap50", "ap75", "apart"))
-            + f" | {statistics.median(r['n_pred'] for r in results):.0f} |"
-        )
+    print_instance_table(table)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,23 @@ def read_field(folder, key: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def segmenter(result, config: InferenceConfig):
+    """Return ``image -> labels`` for a training result, with its checkpoint's labelling."""
+    checkpoint = result.checkpoint
+
+    def segment(image):
+        return predict(
+            result.model,
+            image,
+            task=checkpoint.task,
+            postprocess=checkpoint.postprocess,
+            normalization=checkpoint.normalization,
+            config=config,
+        ).labels
+
+    return segment
+
+
 def evaluate(fields, segment) -> dict[str, float]:
     """Mean AP@0.5 / AP@0.75 over the fields, pairs apart and object counts pooled."""
     results = [score(truth, segment(image)) for image, truth in fields]
@@ -108,18 +125,7 @@ def main() -> None:
             flush=True,
         )
         for tta in (False,) if args.no_tta else (False, True):
-            config = InferenceConfig(device=args.device, tta=tta)
-
-            def segment(image, config=config, result=result, checkpoint=checkpoint):
-                return predict(
-                    result.model,
-                    image,
-                    task=checkpoint.task,
-                    postprocess=checkpoint.postprocess,
-                    normalization=checkpoint.normalization,
-                    config=config,
-                ).labels
-
+            segment = segmenter(result, InferenceConfig(device=args.device, tta=tta))
             start = time.perf_counter()
             scores = evaluate(test, segment)
             scores.update(

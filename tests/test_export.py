@@ -36,6 +36,7 @@ from napari_unet.checkpoint import (
 from napari_unet.export import (
     OptionalDependencyError,
     PackageInfo,
+    export_bioimageio,
     export_onnx,
     onnx_metadata,
 )
@@ -623,6 +624,28 @@ def test_onnx_metadata_say_how_to_use_it(onnx_file, model_pt):
         ["batch", 1, "height", "width"],
         ["batch", 2, "height_minus_40", "width_minus_40"],
     ]
+
+
+def test_distance_head_exports_its_activation_to_onnx_and_not_to_bioimageio(tmp_path):
+    """ONNX users get two probabilities and a sigmoid distance; bioimage.io says no clearly."""
+    import onnxruntime
+
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = UNet(UNetConfig(depth=2, base_channels=4, n_classes=3, dropout=0.0)).eval()
+    checkpoint = Checkpoint.from_model(model, mode="instances", head="distance")
+    path = export_onnx(checkpoint, tmp_path / "distance.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 1, 60, 64, generator=torch.Generator().manual_seed(0))
+    (actual,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        logits = model(x)
+    np.testing.assert_allclose(actual[:, :2], torch.softmax(logits[:, :2], 1), atol=1e-5)
+    np.testing.assert_allclose(actual[:, 2], torch.sigmoid(logits[:, 2]), atol=1e-5)
+    assert "distance" in onnx_metadata(checkpoint)["output"]
+    with pytest.raises(ValueError, match="export it as ONNX"):
+        export_bioimageio(checkpoint, tmp_path / "distance.zip")
+    assert not (tmp_path / "distance.zip").exists()
 
 
 # ---------------------------------------------------------------------------

@@ -6,11 +6,13 @@ import pytest
 from _instances import three_class_maps
 from napari_unet.tasks import (
     INSTANCE_HEADS,
+    DistanceInstances,
     PaperInstances,
     Postprocess,
     Semantic,
     ThreeClassInstances,
     get_task,
+    normalised_border_distance,
     task_for,
 )
 
@@ -40,22 +42,81 @@ def test_three_class_targets_mark_boundaries_between_touching_objects(touching_p
 def test_targets_respect_the_annotated_region(touching_pair):
     region = np.zeros(touching_pair.shape, bool)
     region[:, :30] = True
-    for task in (PaperInstances(), ThreeClassInstances()):
+    for task in (PaperInstances(), ThreeClassInstances(), DistanceInstances()):
         _, weights = task.targets(touching_pair, region)
         assert (weights[~region] == 0).all() and (weights[region] > 0).all()
 
 
-@pytest.mark.parametrize("head", ["paper", "three-class"])
+def distance_maps(labels, dips=None):
+    """The maps a perfect distance network would give for ``labels``."""
+    distance = normalised_border_distance(labels)
+    if dips is not None:
+        distance[dips] *= 0.3
+    return np.stack([(labels > 0).astype(np.float32), distance])
+
+
+@pytest.mark.parametrize("head", ["paper", "three-class", "distance"])
 def test_two_touching_objects_stay_two(head, touching_pair):
     task = get_task(head)
     if head == "paper":
         target, _ = task.targets(touching_pair)
         maps = target[None].astype(np.float32)
+    elif head == "distance":
+        maps = distance_maps(touching_pair)
     else:
         maps = three_class_maps(touching_pair)
     labels = task.label_plane(maps, Postprocess(threshold=0.5, seed_threshold=0.6))
     assert labels.max() == 3
     assert labels[20, 18] != labels[20, 32]
+    if head != "paper":  # no gap to cut: every object pixel is labelled, as annotated
+        assert ((labels > 0) == (touching_pair > 0)).all()
+
+
+def test_distance_targets_encode_the_class_and_the_normalised_distance(touching_pair):
+    task = DistanceInstances()
+    target, weights = task.targets(touching_pair, w0=10, sigma=3)
+    assert ((target > 0) == (touching_pair > 0)).all()
+    distance = (target - 1).clip(min=0) / 1000
+    # Every object's most central pixel is 1, whatever its size; its outermost pixels are low.
+    for label in (1, 2, 3):
+        assert distance[touching_pair == label].max() == 1.0
+    contact = (touching_pair[:, 1:] == 2) & (touching_pair[:, :-1] == 1)
+    rows, cols = np.nonzero(contact)
+    assert distance[rows, cols].max() < 0.2 and distance[rows, cols + 1].max() < 0.2
+    assert weights[rows, cols].min() > weights[38, 46] > 0
+
+
+def test_distance_loss_prefers_the_true_distance(touching_pair):
+    import torch
+
+    task = DistanceInstances()
+    target, weights = task.targets(touching_pair)
+    target_t, weights_t = torch.from_numpy(target)[None], torch.from_numpy(weights)[None]
+    truth = np.concatenate([[1 - (touching_pair > 0)], distance_maps(touching_pair)])
+    truth = torch.from_numpy(truth.astype(np.float32).clip(0.02, 0.98))[None]
+    flat = truth.clone()
+    flat[:, 2] = 0.5  # right classes, no idea of the distance
+    right = task.loss(task.logits_from(truth), target_t, weights_t)
+    vague = task.loss(task.logits_from(flat), target_t, weights_t)
+    assert torch.isfinite(right) and right < vague
+    # activate undoes logits_from: kept outputs score like the network's logits.
+    assert torch.allclose(task.activate(task.logits_from(truth)), truth, atol=1e-5)
+
+
+def test_a_distance_map_with_dips_stays_one_object(touching_pair):
+    """Dips in one object's distance cut its centre into seeds; the size prior mends it."""
+    lone = np.where(touching_pair == 3, 1, 0).astype(np.int32)
+    dips = np.zeros(lone.shape, bool)
+    dips[38, 40:64] = True
+    dips[30:46, 52] = True
+    maps = distance_maps(lone, dips)
+    task = DistanceInstances()
+    fragmented = task.label_plane(maps, Postprocess(threshold=0.5, seed_threshold=0.4))
+    assert fragmented.max() > 1
+    mended = task.label_plane(
+        maps, Postprocess(threshold=0.5, seed_threshold=0.4, min_seed_size=int(lone.sum()) // 5)
+    )
+    assert mended.max() == 1 and ((mended > 0) == (lone > 0)).all()
 
 
 def test_a_textured_object_stays_one_object(touching_pair):

@@ -357,6 +357,25 @@ def test_a_head_is_kept_when_fine_tuning(nuclei):
               initial=first.checkpoint)  # fmt: skip
 
 
+def test_the_distance_head_trains_validates_and_predicts_a_distance(nuclei):
+    image, labels = nuclei
+    config = TrainConfig(steps=4, validation_every=2, head="distance", **TINY)
+    events, result = run(train_generator([(image, labels)], config, validation=(image, labels)))
+    validation = [e for e in events if isinstance(e, ValidationResult)]
+    assert len(validation) == 2 and all(np.isfinite(v.loss) for v in validation)
+    checkpoint = result.checkpoint
+    assert checkpoint.task.name == "distance" and checkpoint.model_config.n_classes == 3
+    prediction = predict(
+        result.model, image, task=checkpoint.task, config=InferenceConfig(device="cpu"),
+        return_probabilities=True,
+    )  # fmt: skip
+    outputs = np.asarray(prediction.probabilities)
+    # Two class probabilities that sum to 1, and a distance in [0, 1].
+    assert np.allclose(outputs[:2].sum(axis=0), 1, atol=1e-5)
+    assert outputs[2].min() >= 0 and outputs[2].max() <= 1
+    assert prediction.labels.shape == image.shape
+
+
 def test_fine_tuning_checks_the_tile_against_the_starting_architecture(nuclei):
     image, labels = nuclei
     same = train(

@@ -220,7 +220,7 @@ def run_block(
 def make_predictor(network: Any, plan: BlockPlan) -> Callable[[np.ndarray], np.ndarray]:
     """Return the tile predictor of ``network`` with the plan's cropping and augmentation."""
     predictor: Callable[[np.ndarray], np.ndarray] = ModelPredictor(
-        network, plan.device, plan.precision
+        network, plan.device, plan.precision, plan.task
     )
     if plan.same_padding:
         predictor = _crop_predictor(predictor, plan.border)

@@ -70,8 +70,8 @@ class Checkpoint:
     mode : {"instances", "semantic"}
         What the labels mean (objects, or classes 1..K).
     head : str, optional
-        The instance head (:mod:`napari_unet.tasks`): "paper" or
-        "three-class". Files written before heads existed have none and are
+        The instance head (:mod:`napari_unet.tasks`): "three-class",
+        "distance" or "paper". Files written before heads existed have none and are
         the paper's.
     postprocess : Postprocess, optional
         How an instance model's maps become objects, as calibrated after

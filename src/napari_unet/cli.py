@@ -211,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=INSTANCE_HEADS,
         default=None,
         help=f"what the network learns in instances mode: '{INSTANCE_HEADS[0]}' (default; "
-        "background / object interior / object boundary) or 'paper' (background / "
-        "foreground with a gap between touching objects, as in the paper); with --from, "
-        "the model's head",
+        "background / object interior / object boundary), 'distance' (foreground and the "
+        "distance to the object's border) or 'paper' (background / foreground with a gap "
+        "between touching objects, as in the paper); with --from, the model's head",
     )
     budget = train.add_mutually_exclusive_group()
     budget.add_argument(
@@ -328,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_probability,
         default=None,
         metavar="P",
-        help="probability above which pixels seed an object (interior for the three-class "
-        "head, foreground for the paper's)",
+        help="value above which pixels seed an object (interior probability for the "
+        "three-class head, distance to the border over the object's largest for the "
+        "distance head, foreground probability for the paper's)",
     )
     labelling.add_argument(
         "--min-size",

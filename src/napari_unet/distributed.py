@@ -205,7 +205,8 @@ def segment_to_zarr_generator(
         tiles are chosen to cover one block.
     probabilities : bool
         Also keep ``probabilities`` (all classes) and, for an instance task,
-        its maps (``foreground``; ``interior`` for ``three-class``) in the store.
+        its maps (``foreground``; ``interior`` for ``three-class``, ``distance``
+        for ``distance``) in the store.
     client : distributed.Client, optional
         Run the blocks on this dask cluster. Default: here, one after another.
     overwrite : bool

@@ -51,6 +51,7 @@ from napari_unet.checkpoint import Checkpoint
 from napari_unet.inference import ImagePlanes, ModelPredictor
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
+from napari_unet.tasks import Task
 
 __all__ = [
     "CITATION",
@@ -161,15 +162,16 @@ class PackageInfo:
 
 
 class _Probabilities(nn.Module):
-    """The U-Net followed by a softmax over the class axis (what ONNX users get)."""
+    """The U-Net followed by its task's activation, e.g. a softmax (what ONNX users get)."""
 
-    def __init__(self, network: UNet) -> None:
+    def __init__(self, network: UNet, task: Task) -> None:
         super().__init__()
         self.network = network
+        self.task = task
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class probabilities for the centre of ``x``."""
-        return torch.softmax(self.network(x), dim=1)
+        """Return the task's outputs (class probabilities) for the centre of ``x``."""
+        return self.task.activate(self.network(x))
 
 
 def _size_text(config: UNetConfig) -> str:
@@ -183,7 +185,7 @@ def _postprocessing_text(checkpoint: Checkpoint) -> str:
     task, settings = checkpoint.task, checkpoint.postprocess
     if not task.instances or settings is None:
         return "semantic: class id = 1 + the index of the most probable channel"
-    seeds = "foreground" if len(task.map_names) == 1 else "p(interior) (channel 1)"
+    seeds = task.seeds_text
     return (
         f"instances ({task.name} head): foreground = 1 - p(background) (channel 0); objects "
         f"grow by a watershed over foreground > {settings.threshold:g} from seeds where "
@@ -237,7 +239,7 @@ def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
         "valid_input_sizes": _size_text(config),
         "input_size_min": str(config.min_input_size),
         "input_size_step": str(config.size_step),
-        "output": "float32 class probabilities (softmax over axis 1, the class axis)",
+        "output": f"float32 {checkpoint.task.outputs_text}",
         "output_border": str(border),
         "output_shape": (
             f"(batch, {config.n_classes}, height - {2 * border}, width - {2 * border})"
@@ -349,7 +351,7 @@ def export_onnx(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:
 
     path = Path(path)
     config = checkpoint.model_config
-    network = _Probabilities(checkpoint.build_model()).eval()
+    network = _Probabilities(checkpoint.build_model(), checkpoint.task).eval()
     step, smallest = config.size_step, config.min_input_size
     # Exporter choice: torch.onnx.export(dynamo=True), the default in torch 2.13, built
     # on torch.export. It follows the centre-crop arithmetic of the skip connections
@@ -462,6 +464,12 @@ def export_bioimageio(
 
     info = info or PackageInfo()
     path = Path(path)
+    if not checkpoint.task.softmax_outputs:
+        raise ValueError(
+            f"A bioimage.io package describes the outputs as a softmax over the channels, "
+            f"but the {checkpoint.task.name!r} head also regresses a distance; export it "
+            "as ONNX (napari-unet export --format onnx), whose metadata describe each channel."
+        )
     normalization = checkpoint.normalization
     if normalization.high_percentile <= 1.0:
         raise ValueError(
@@ -472,7 +480,9 @@ def export_bioimageio(
     raw = _test_input(config, test_image, channel_axis)
     low, high = normalization.statistics(raw)
     normalized = Normalization.apply(raw, low, high)
-    predictor = ModelPredictor(checkpoint.build_model(), device="cpu", precision="fp32")
+    predictor = ModelPredictor(
+        checkpoint.build_model(), device="cpu", precision="fp32", task=checkpoint.task
+    )
     probabilities = predictor(normalized).astype(np.float32)
     torchscript = _trace(checkpoint.build_model(), normalized, probabilities)
 

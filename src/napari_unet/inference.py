@@ -384,7 +384,14 @@ class ModelPredictor:
     it is faster and safe.
     """
 
-    def __init__(self, model: UNet, device: str = "auto", precision: Precision = "auto") -> None:
+    def __init__(
+        self,
+        model: UNet,
+        device: str = "auto",
+        precision: Precision = "auto",
+        task: Task | str = "paper",
+    ) -> None:
+        self.task = get_task(task)
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self.model = model.to(self.device).eval()
@@ -392,13 +399,13 @@ class ModelPredictor:
         self.config = model.config
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
-        """Return ``(n_classes, h, w)`` softmax probabilities for a ``(C, H, W)`` tile."""
+        """Return the task's ``(n_classes, h, w)`` outputs for a ``(C, H, W)`` tile."""
         with torch.inference_mode():
             batch = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[None]
             batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 logits = self.model(batch)
-            return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+            return self.task.activate(logits.float())[0].cpu().numpy()
 
 
 def choose_tile_shape(
@@ -512,7 +519,7 @@ def predict_generator(
         Axis of channels (-1 for RGB); must match the model's ``in_channels``.
     task : str or Task
         What the network's outputs mean (:mod:`napari_unet.tasks`): an
-        instance head ("paper", "three-class"), whose maps become objects when
+        instance head ("three-class", "distance", "paper"), whose maps become objects when
         a plane is finished, or "semantic" (the most probable class per pixel).
         A checkpoint says which: ``checkpoint.task``.
     postprocess : Postprocess, optional
@@ -575,7 +582,7 @@ def predict_generator(
             raise TypeError(
                 f"probabilities_out needs a float dtype, got {np.dtype(probabilities.dtype)}."
             )
-    predictor = predictor or ModelPredictor(model, config.device, config.precision)
+    predictor = predictor or ModelPredictor(model, config.device, config.precision, task)
     tile_shape, border = tile_geometry(model_config, config, spatial)
     if model_config.padding == "same":
         predictor = _crop_predictor(predictor, border)

@@ -16,6 +16,13 @@ name a checkpoint stores):
     interior and the watershed grows them over the foreground; boundaries are
     no longer a one-pixel gap the network must get exactly right. The paper's
     class balance and border term weigh the pixels.
+``"distance"``
+    Background / foreground, plus a regressed distance from each object pixel
+    to the object's border, divided by the largest distance in that object (so
+    1 at every object's centre, whatever its size, and 0 at its border and in
+    the background). Seeds are the object centres (distance above the seed
+    threshold) and the watershed floods the foreground downhill on the
+    distance, as StarDist and Cellpose-style distance maps do.
 ``"semantic"``
     Label values 1..K are classes, 0 is unlabelled; the output is the most
     probable class.
@@ -51,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_HEAD",
     "INSTANCE_HEADS",
+    "DistanceInstances",
     "PaperInstances",
     "Postprocess",
     "Semantic",
@@ -74,8 +82,9 @@ class Postprocess:
         this.
     seed_threshold : float or None
         Seeds are the components of the seed map (the foreground for
-        ``paper``, the interior for ``three-class``) above this; None labels
-        the connected components of the foreground.
+        ``paper``, the interior for ``three-class``, the normalised distance
+        to the border for ``distance``) above this; None labels the connected
+        components of the foreground.
     min_seed_size : int
         Seeds with fewer pixels do not start an object of their own; their
         pixels go to a neighbouring seed. Training sets it from the typical
@@ -140,6 +149,12 @@ class Task:
     #: Maps an instance task keeps per plane until it is labelled.
     map_names: ClassVar[tuple[str, ...]] = ()
     default_postprocess: ClassVar[Postprocess] = Postprocess()
+    #: What the activated outputs are, for exported models' metadata.
+    outputs_text: ClassVar[str] = "class probabilities (softmax over axis 1, the class axis)"
+    #: Where seeds come from, in words (instance tasks).
+    seeds_text: ClassVar[str] = "foreground"
+    #: True when :meth:`activate` is a softmax over all outputs.
+    softmax_outputs: ClassVar[bool] = True
 
     @property
     def instances(self) -> bool:
@@ -177,6 +192,18 @@ class Task:
         from napari_unet.training import weighted_cross_entropy
 
         return weighted_cross_entropy(logits, target, weights)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Turn the network's ``(N, outputs, h, w)`` scores into what tiles write: probabilities."""
+        import torch
+
+        return torch.softmax(logits, dim=1)
+
+    def logits_from(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Invert :meth:`activate` up to a constant, so :meth:`loss` can score kept outputs."""
+        import torch
+
+        return torch.log(outputs.clamp_min(1e-12))
 
     def tile_maps(self, probabilities: np.ndarray) -> np.ndarray:
         """Instance tasks: the maps ``(len(map_names), h, w)`` of a tile's probabilities."""
@@ -265,6 +292,7 @@ class ThreeClassInstances(Task):
     description = "background / object interior / object boundary"
     map_names = ("foreground", "interior")
     default_postprocess = Postprocess(threshold=0.5, seed_threshold=0.6)
+    seeds_text = "p(interior) (channel 1)"
 
     def n_classes(self, largest_label: int) -> int:  # noqa: D102
         return 3
@@ -285,6 +313,108 @@ class ThreeClassInstances(Task):
 
     def tile_maps(self, probabilities: np.ndarray) -> np.ndarray:  # noqa: D102
         return np.stack([1.0 - probabilities[0], probabilities[1]]).astype(np.float32)
+
+
+#: Distances are stored in the integer target as ``1 + round(d * _DISTANCE_STEPS)``
+#: for object pixels and 0 for background, so one nearest-neighbour warp moves
+#: both the class and the distance of every pixel.
+_DISTANCE_STEPS = 1000
+
+
+def normalised_border_distance(labels: np.ndarray) -> np.ndarray:
+    """Return each object pixel's distance to its object's border over the object's largest.
+
+    The border is the object's own outermost pixels (those touching the
+    background or another object); they are 1 pixel from it. Values are in
+    (0, 1] inside objects, exactly 1 at each object's most central pixel(s),
+    and 0 in the background.
+
+    Examples
+    --------
+    >>> labels = np.zeros((1, 9), np.int32)
+    >>> labels[0, 1:8] = 1
+    >>> normalised_border_distance(labels)[0].round(2).tolist()
+    [0.0, 0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    objects = labels > 0
+    if not objects.any():
+        return np.zeros(labels.shape, np.float32)
+    interior = objects & ~find_boundaries(labels, connectivity=1, mode="inner")
+    # Image edges count as far away: edt measures to the nearest zero.
+    distance = ndimage.distance_transform_edt(interior) + objects
+    ids = labels.astype(np.intp, copy=False)
+    largest = np.zeros(int(ids.max()) + 1)
+    np.maximum.at(largest, ids[objects], distance[objects])
+    return np.where(objects, distance / np.maximum(largest[ids], 1), 0.0).astype(np.float32)
+
+
+class DistanceInstances(Task):
+    """Background / foreground plus each pixel's normalised distance to its object's border."""
+
+    name = "distance"
+    mode = "instances"
+    description = "background / foreground and the distance to the object's border"
+    map_names = ("foreground", "distance")
+    default_postprocess = Postprocess(threshold=0.5, seed_threshold=0.5)
+    outputs_text = (
+        "channels 0-1: probabilities of background and object (softmax over the two); "
+        "channel 2: each object pixel's distance to its object's border divided by the "
+        "object's largest (sigmoid; 1 at the centre, 0 in the background)"
+    )
+    seeds_text = "the distance to the border (channel 2)"
+    softmax_outputs = False
+
+    def n_classes(self, largest_label: int) -> int:  # noqa: D102
+        return 3  # two class scores and one distance
+
+    def class_names(self, n_classes: int) -> tuple[str, ...]:  # noqa: D102
+        return ("background", "object", "distance to border")
+
+    def targets(self, labels, region=None, *, w0=10.0, sigma=5.0, n_classes=None):  # noqa: D102
+        region = np.ones(labels.shape, bool) if region is None else region
+        distance = normalised_border_distance(labels)
+        target = np.where(
+            labels > 0, 1 + np.rint(distance * _DISTANCE_STEPS).astype(np.int64), 0
+        ).astype(np.int64)
+        class_weights = _balanced((labels > 0).astype(np.int64), region, 2)
+        weights = class_weights[(labels > 0).astype(np.intp)].astype(np.float32)
+        weights += _border_term(labels, w0, sigma)
+        return target, np.where(region, weights, 0.0).astype(np.float32)
+
+    def loss(self, logits, target, weights):
+        """Weighted cross entropy of the classes plus weighted binary cross entropy of distance.
+
+        Both use the pixel weights (class balance and the paper's border term,
+        which also stresses the distance where touching objects meet).
+        """
+        import torch.nn.functional as F
+
+        from napari_unet.training import weighted_cross_entropy
+
+        objects = (target > 0).long()
+        classes = weighted_cross_entropy(logits[:, :2], objects, weights)
+        distance = (target - 1).clamp(min=0).float() / _DISTANCE_STEPS
+        regression = F.binary_cross_entropy_with_logits(
+            logits[:, 2].float(), distance, reduction="none"
+        )
+        return classes + (weights * regression).sum() / target.numel()
+
+    def activate(self, logits):  # noqa: D102
+        import torch
+
+        return torch.cat([torch.softmax(logits[:, :2], dim=1), torch.sigmoid(logits[:, 2:])], 1)
+
+    def logits_from(self, outputs):  # noqa: D102
+        import torch
+
+        classes = torch.log(outputs[:, :2].clamp_min(1e-12))
+        return torch.cat([classes, torch.logit(outputs[:, 2:], eps=1e-6)], 1)
+
+    def tile_maps(self, probabilities: np.ndarray) -> np.ndarray:  # noqa: D102
+        return np.stack([1.0 - probabilities[0], probabilities[2]]).astype(np.float32)
 
 
 class Semantic(Task):
@@ -319,10 +449,10 @@ class Semantic(Task):
 
 
 _TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (PaperInstances, ThreeClassInstances, Semantic)
+    task.name: task for task in (PaperInstances, ThreeClassInstances, DistanceInstances, Semantic)
 }
 #: The instance heads a user can choose, the default first.
-INSTANCE_HEADS: tuple[str, ...] = ("three-class", "paper")
+INSTANCE_HEADS: tuple[str, ...] = ("three-class", "distance", "paper")
 DEFAULT_HEAD = INSTANCE_HEADS[0]
 
 
@@ -336,7 +466,7 @@ def get_task(name: str | Task) -> Task:
     >>> get_task("unknown")
     Traceback (most recent call last):
     ...
-    ValueError: Unknown task 'unknown'; choose one of paper, three-class, semantic.
+    ValueError: Unknown task 'unknown'; choose one of paper, three-class, distance, semantic.
     """
     if isinstance(name, Task):
         return name

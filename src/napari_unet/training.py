@@ -87,9 +87,10 @@ class TrainConfig:
         values 1..K are classes, 0 is unlabelled.
     head : str, optional
         What the network learns in instances mode (:mod:`napari_unet.tasks`):
-        "three-class" (background / interior / boundary; the default) or
+        "three-class" (background / interior / boundary; the default),
+        "distance" (foreground and the distance to the object's border) or
         "paper" (background / foreground with a gap between touching objects,
-        as in the paper). Both use the paper's weight map.
+        as in the paper). All use the paper's weight map.
     calibrate : bool
         After training, choose the thresholds and size limits that turn the
         network's maps into objects (:mod:`napari_unet.calibration`) and store
@@ -826,7 +827,7 @@ def _validate(
     probabilities = torch.from_numpy(np.asarray(prediction.probabilities))[None]
     loss = float(
         data.task.loss(
-            torch.log(probabilities.clamp_min(1e-12)),
+            data.task.logits_from(probabilities),
             torch.from_numpy(sample.target)[None],
             torch.from_numpy(sample.weights)[None],
         )

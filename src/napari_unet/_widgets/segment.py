@@ -369,9 +369,10 @@ class _LabellingControls:
         )  # fmt: skip
         self.seed_threshold = FloatSpinBox(
             label="seed threshold", value=0.6, min=0.05, max=0.95, step=0.05,
-            tooltip="Objects grow from pixels above this probability (of the interior for "
-            "the three-class head). Higher splits more touching objects; too high splits "
-            "single ones.",
+            tooltip="Objects grow from pixels above this value: the interior probability "
+            "(three-class head), the distance to the border as a fraction of the object's "
+            "largest (distance head) or the foreground probability (paper head). Higher "
+            "splits more touching objects; too high splits single ones.",
         )  # fmt: skip
         self.min_size = SpinBox(
             label="smallest object (px)", value=0, min=0, max=1_000_000, step=10,

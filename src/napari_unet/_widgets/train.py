@@ -188,8 +188,9 @@ class TrainWidget(Container):
             tooltip=(
                 "What the network learns for instances. three-class: background, object "
                 "interior and object boundary (objects grow from confident interiors). "
-                "paper: background and foreground with a gap between touching objects, as in "
-                "Ronneberger et al. 2015."
+                "distance: foreground and each pixel's distance to its object's border "
+                "(objects grow from the centres). paper: background and foreground with a "
+                "gap between touching objects, as in Ronneberger et al. 2015."
             ),
         )
         self.w0 = FloatSpinBox(
