@@ -16,6 +16,21 @@ def _no_trained_models_between_tests():
         common.trained_models.clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_default_dask_client_left():
+    """A default dask client left by one test once hid a broken --workers path in another."""
+    yield
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return
+    try:
+        left = distributed.default_client()
+    except ValueError:  # "No clients found": as it should be
+        return
+    left.close()
+    pytest.fail(f"The test left a default dask client behind ({left}); use set_as_default=False.")
+
+
 @pytest.fixture
 def notes():
     """Messages of the napari notifications shown during the test."""

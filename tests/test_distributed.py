@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
+import subprocess
+import sys
 import threading
 
 import dask
@@ -85,7 +88,7 @@ def client():
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster, set_as_default=False) as client,
     ):
         yield client
 
@@ -215,11 +218,15 @@ def test_cli_segments_a_zarr_store_on_a_running_scheduler(
 
 
 @pytest.mark.slow
-def test_cli_starts_a_local_cluster_with_workers(checkpoint, stack, tmp_path, capsys):
+def test_cli_starts_a_local_cluster_with_workers(checkpoint, stack, tmp_path):
+    """In a fresh process, so that no client of another test can stand in for the CLI's."""
     save_checkpoint(tmp_path / "model.pt", checkpoint)
     tifffile.imwrite(tmp_path / "stack.tif", stack, tile=(32, 32))
-    status = cli.main(
+    completed = subprocess.run(
         [
+            sys.executable,
+            "-m",
+            "napari_unet.cli",
             "segment",
             str(tmp_path / "model.pt"),
             str(tmp_path / "stack.tif"),  # read lazily because of --workers
@@ -230,9 +237,14 @@ def test_cli_starts_a_local_cluster_with_workers(checkpoint, stack, tmp_path, ca
             "--block-size",
             "64",
             "--probabilities",
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert status == 0
+    assert completed.returncode == 0, completed.stderr
+    assert "Traceback" not in completed.stderr
     store = zarr.open_group(str(tmp_path / "out" / "stack.zarr"), mode="r")
     expected = reference(
         checkpoint,
@@ -242,7 +254,7 @@ def test_cli_starts_a_local_cluster_with_workers(checkpoint, stack, tmp_path, ca
     )
     np.testing.assert_array_equal(store["labels"][...], expected.labels)
     np.testing.assert_array_equal(store["probabilities"][...], expected.probabilities)
-    assert "stack.tif ->" in capsys.readouterr().out
+    assert "stack.tif ->" in completed.stdout
 
 
 # -- in this process ------------------------------------------------------------------------

@@ -63,7 +63,11 @@ def run_on_cluster(
         )
         futures[future.key] = (future, task)
     logger.info("Submitted %d block(s) to %s", len(tasks), client)
-    finished_blocks = distributed.as_completed([future for future, _ in futures.values()])
+    # The client's own loop: without it as_completed looks for a default client, and the
+    # command line's client is deliberately not the default.
+    finished_blocks = distributed.as_completed(
+        [future for future, _ in futures.values()], loop=client.loop
+    )
     done = 0
     try:
         while not finished_blocks.is_empty():
