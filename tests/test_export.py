@@ -487,6 +487,10 @@ def test_zip_bomb_is_refused(package, tmp_path, monkeypatch):
         archive.writestr("zeros.bin", bytes(8 << 20))  # 8 MiB of zeros, a few KB packed
     assert bomb.stat().st_size < path.stat().st_size + (1 << 20)
     monkeypatch.setattr(bioimageio, "MAX_PACKAGE_BYTES", 4 << 20)
+    # Refused for unpacking a thousandfold, before its size is even added up.
+    with pytest.raises(PackageError, match=r"'zeros\.bin' would unpack 10\d\d times larger"):
+        load_package(bomb)
+    monkeypatch.setattr(bioimageio, "MAX_COMPRESSION_RATIO", 10_000)
     with pytest.raises(PackageError, match=r"more than 4194304 bytes \(at entry 'zeros\.bin'\)"):
         load_package(bomb)
 

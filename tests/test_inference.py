@@ -588,8 +588,11 @@ def test_channel_count_mismatch_is_a_clear_error():
     rgb = np.zeros((20, 20, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match=r"expects 1 channel\(s\) but the image has 3"):
         predict(tiny_unet(depth=2), rgb, channel_axis=-1, config=InferenceConfig(**FP32))
-    with pytest.raises(ValueError, match=r"expects 3 channel\(s\) but the image has 1"):
+    with pytest.raises(ValueError, match=r"looks like 3 channels.*channel_axis=-1"):
         predict(tiny_unet(depth=2, in_channels=3), rgb, config=InferenceConfig(**FP32))
+    grey = np.zeros((2, 20, 20), dtype=np.uint8)  # a stack of two planes, one channel
+    with pytest.raises(ValueError, match=r"expects 3 channel\(s\) but the image has 1"):
+        predict(tiny_unet(depth=2, in_channels=3), grey, config=InferenceConfig(**FP32))
 
 
 def test_image_planes_reads_boxes_in_channel_first_layout():

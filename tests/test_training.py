@@ -143,8 +143,8 @@ def test_bad_training_data_raises(pairs, match):
     ("kwargs", "match"),
     [
         ({"steps": None, "minutes": None}, "Give a budget"),
-        ({"steps": 0}, "steps must be a positive integer"),
-        ({"minutes": -1}, "minutes must be positive"),
+        ({"steps": 0}, "steps must be a whole number from 1"),
+        ({"minutes": -1}, "minutes must be from 0.01"),
         ({"tile_size": 100}, "not valid for this U-Net"),
         ({"optimizer": "rmsprop"}, "optimizer must be"),
         ({"mode": "panoptic"}, "mode must be"),

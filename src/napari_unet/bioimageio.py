@@ -45,7 +45,7 @@ from typing import IO, Any
 
 import torch
 
-from napari_unet.checkpoint import Checkpoint, CheckpointError
+from napari_unet.checkpoint import Checkpoint, CheckpointError, torch_load_problem
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 from napari_unet.tasks import Postprocess
@@ -78,6 +78,10 @@ MAX_MEMBERS = 1000
 MAX_PACKAGE_BYTES = 8 << 30
 #: Largest ``rdf.yaml``, in bytes.
 MAX_DESCRIPTION_BYTES = 16 << 20
+#: Members larger than this may not unpack more than MAX_COMPRESSION_RATIO times their
+#: stored size: weights hardly compress, and a zip bomb compresses a thousandfold.
+MAX_RATIO_FREE_BYTES = 1 << 20
+MAX_COMPRESSION_RATIO = 100
 #: State dicts up to this size are read in memory, larger ones through a temporary file.
 _SPOOL_BYTES = 64 << 20
 _CHUNK = 1 << 20
@@ -208,6 +212,7 @@ def load_package(path: str | os.PathLike[str]) -> Checkpoint:
                 "in the package; export the model again."
             )
         expected = _declared_sha256(description, weights_name, path)
+        _check_weights_size(members[weights_name], settings, path)
         with _verified_copy(archive, members[weights_name], expected, path) as stream:
             state_dict = _load_state_dict(stream, weights_name, path)
     checkpoint = _checkpoint_from(settings, state_dict, path)
@@ -242,6 +247,15 @@ def _safe_members(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.Zip
                 f"{path}: refusing the package because its entry {name!r} {reason}; a model "
                 "package holds plain, unencrypted files, each once. Do not use this file; "
                 "export the model again."
+            )
+        if info.file_size > MAX_RATIO_FREE_BYTES and (
+            info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+        ):
+            raise PackageError(
+                f"{path}: refusing the package because its entry {name!r} would unpack "
+                f"{info.file_size / max(info.compress_size, 1):.0f} times larger "
+                f"({info.file_size} bytes from {info.compress_size}); model files do not "
+                "compress like that, so it is damaged or a zip bomb. Export the model again."
             )
         total += info.file_size
         if total > MAX_PACKAGE_BYTES:
@@ -348,6 +362,25 @@ def _declared_sha256(description: Mapping[str, Any], name: str, path: Path) -> s
     )
 
 
+def _check_weights_size(info: zipfile.ZipInfo, settings: Mapping[str, Any], path: Path) -> None:
+    """Refuse weights larger than the declared network can have, before unpacking them."""
+    try:
+        config = UNetConfig(**settings["model_config"])  # bounded: no huge network
+    except (KeyError, TypeError, ValueError) as error:
+        raise PackageError(
+            f"{path} has a damaged '{CONFIG_KEY}' model description in its rdf.yaml: {error}"
+        ) from error
+    with torch.device("meta"):  # shapes only, nothing allocated
+        parameters = sum(p.numel() for p in UNet(config).parameters())
+    largest = 8 * parameters + (1 << 20)  # float64 at most, plus the pickle's overhead
+    if info.file_size > largest:
+        raise PackageError(
+            f"{path}: its weights {info.filename!r} unpack to {info.file_size} bytes, more "
+            f"than the network it describes can have ({largest}); it is damaged or a zip "
+            "bomb. Export the model again."
+        )
+
+
 @contextmanager
 def _verified_copy(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, sha256: str, path: Path
@@ -371,8 +404,7 @@ def _load_state_dict(stream: IO[bytes], name: str, path: Path) -> dict[str, torc
         state_dict = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged or unsafe files
         raise PackageError(
-            f"{path}: its weights {name!r} are not a readable PyTorch state dict "
-            f"({type(error).__name__}: {error}); export the model again."
+            f"{path}: its weights {name!r} {torch_load_problem(error)}; export the model again."
         ) from error
     if not isinstance(state_dict, dict) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor)

@@ -129,6 +129,17 @@ class Checkpoint:
             raise CheckpointError(
                 f"The checkpoint's weights do not match its own network description: {error}"
             ) from error
+        damaged = [
+            name
+            for name, value in self.state_dict.items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())
+        ]
+        if damaged:
+            raise CheckpointError(
+                f"The model's weights hold NaN or infinite values ({', '.join(damaged[:3])}): "
+                "the file is damaged or its training diverged. Train again (a lower learning "
+                "rate helps) or use another model file."
+            )
         return model.eval()
 
     @property
@@ -183,10 +194,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged files
-        raise CheckpointError(
-            f"{path} is not a readable model file (damaged, truncated, or not a PyTorch "
-            f"file): {type(error).__name__}: {error}"
-        ) from error
+        raise CheckpointError(f"{path} {torch_load_problem(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != _MAGIC:
         raise CheckpointError(
             f"{path} is a PyTorch file but not a napari-unet-segmentation model; train one "
@@ -216,8 +224,38 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} has a damaged model description: {error}") from error
-    checkpoint.build_model()  # strict key check now, so errors surface at load time
+    try:
+        checkpoint.build_model()  # strict key and finiteness checks now, at load time
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from error
     return checkpoint
+
+
+def torch_load_problem(error: Exception) -> str:
+    """Say why ``torch.load(..., weights_only=True)`` refused a file, without PyTorch's advice.
+
+    PyTorch suggests loading again with ``weights_only=False``, which would run
+    whatever code the file holds: never right for a file from elsewhere.
+    """
+    import pickle
+
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in text:
+        return (
+            "holds objects other than weights and settings (it would run code), so it was "
+            "not opened; use a model file written by napari-unet-segmentation"
+        )
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in text:
+        return (
+            "is not a readable model file (not in PyTorch's format); give the .pt file written by "
+            "napari-unet train or the Train U-Net widget, or an exported .zip package"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return (
+        "is not a readable model file (damaged, truncated, or not a PyTorch file: "
+        f"{type(error).__name__}{': ' + first_line if first_line else ''}); check that it is the "
+        "model you meant"
+    )
 
 
 def load_model_file(path: str | os.PathLike[str]) -> Checkpoint:

@@ -80,14 +80,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
+def _non_negative_int(text: str, largest: int = 2**62) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value > largest:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 up to {largest}, got {text!r}")
     return value
+
+
+def _seed(text: str) -> int:
+    return _non_negative_int(text, 2**63 - 1)  # what torch.manual_seed takes
 
 
 def _number(text: str, *, allow_zero: bool) -> float:
@@ -114,10 +120,6 @@ def _probability(text: str) -> float:
     if not value < 1:
         raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
     return value
-
-
-def _non_negative_int(text: str) -> int:
-    return _seed(text)
 
 
 def _device(text: str) -> str:
@@ -504,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     _configure_logging(args.verbose)
     try:
+        if args.command != "weightmap" and not _import_torch_uninterrupted():
+            raise KeyboardInterrupt
         return args.run(args)
     except UsageError as error:
         _print_error(error)
@@ -511,6 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError as error:
+        _print_error(f"not enough memory ({error or 'allocation failed'}); {_MEMORY_ADVICE}")
+        return EXIT_FAILURE
     except (ValueError, TypeError, OSError) as error:  # CheckpointError is a ValueError
         _print_error(error)
         return EXIT_FAILURE
@@ -520,7 +527,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "the GPU ran out of memory; try --device cpu, or close other programs using the GPU"
             )
             return EXIT_FAILURE
+        if "can't allocate memory" in str(error):  # PyTorch's CPU allocator
+            _print_error(f"not enough memory; {_MEMORY_ADVICE}")
+            return EXIT_FAILURE
         raise
+
+
+_MEMORY_ADVICE = (
+    "segment large images block by block with --block-size PX or --workers N (they read "
+    "the image in pieces), train on smaller images or crops, or close other programs"
+)
+
+
+def _import_torch_uninterrupted() -> bool:
+    """Import PyTorch with Ctrl-C held back; return False if it was pressed meanwhile.
+
+    An interrupt inside PyTorch's C++ initialisation can abort the process
+    (SIGABRT) instead of raising KeyboardInterrupt.
+    """
+    if threading.current_thread() is not threading.main_thread() or "torch" in sys.modules:
+        return True
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: pressed.append(number))
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return not pressed
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -645,11 +678,14 @@ def _validation_plane(
     image: np.ndarray, labels: np.ndarray, labels_path: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the first labelled plane of a validation pair (the engine scores one plane)."""
-    if labels.ndim == 2:
-        return image, labels
     labelled = [index for index, plane in enumerate(labels) if plane.any()]
     if not labelled:
-        raise ValueError(f"{labels_path}: the validation labels are empty (all pixels 0)")
+        raise ValueError(
+            f"{labels_path}: the validation labels are empty (all pixels 0); give labels "
+            "with objects, or train without --validation"
+        )
+    if labels.ndim == 2:
+        return image, labels
     index = labelled[0]
     if len(labels) > 1:
         _note(f"{PROG}: validating on plane {index} of {labels_path}")
@@ -739,7 +775,10 @@ def _run_train(args: argparse.Namespace) -> int:
             "(leave out --from)"
         )
     if not any(labels.any() for _, labels in pairs):
-        raise ValueError("every labels file is empty (all pixels 0); nothing to learn from")
+        raise ValueError(
+            "every labels file is empty (all pixels 0), so there is nothing to learn from; "
+            "paint or import the objects into the labels files"
+        )
 
     config = _train_config(args, mode, initial)
     channel_axis = -1 if n_channels > 1 else None
@@ -760,6 +799,8 @@ def _run_train(args: argparse.Namespace) -> int:
         initial=initial,
         should_stop=stop.is_set,
         metadata=metadata,
+        names=pair_paths,
+        **({"validation_names": tuple(args.validation)} if args.validation else {}),
     )
     with _stop_on_sigint(stop):
         result = _drive_training(events, config, f"train ({config.mode})")
@@ -865,10 +906,12 @@ def _drive_training(events: Any, config: Any, description: str) -> Any:
 def _model_channel_axis(shape: tuple[int, ...], in_channels: int, path: str) -> int | None:
     """Return the channel axis of an image for a model with ``in_channels`` inputs."""
     if in_channels == 1:
-        if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4:
+        if len(shape) == 3 and shape[-1] in (2, 3, 4) and min(shape[:2]) > 4:
+            kind = "an RGB image" if shape[-1] in (3, 4) else "a two-channel image"
             raise ValueError(
-                f"{path} is an RGB image (shape {shape}) but the model was trained on "
-                "single-channel images; convert it to grey or use a model trained on RGB"
+                f"{path} is {kind} (shape {shape}) but the model was trained on "
+                "single-channel images; save one channel (or a grey version) of it, or use "
+                "a model trained on this kind of image"
             )
         if len(shape) < 2:
             raise ValueError(f"{path}: expected a 2D image or a stack, got shape {shape}")
@@ -949,8 +992,10 @@ def _run_segment(args: argparse.Namespace) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
 
     for image_path in args.images:
+        _check_fits_in_memory(image_path, checkpoint, args.probabilities)
         image = read_image(image_path)
         channel_axis = _model_channel_axis(image.shape, in_channels, image_path)
+        _check_finite(image, image_path)
         tiles = predict_generator(
             model,
             image,
@@ -988,6 +1033,45 @@ def _run_segment(args: argparse.Namespace) -> int:
             write_tiff(prob_target, probabilities, axes=f"{plane_axes}CYX")
             print(f"{image_path} -> {prob_target} (probabilities)")
     return EXIT_OK
+
+
+def _check_finite(image: np.ndarray, path: str) -> None:
+    """Refuse an image with NaN or infinite pixels before any work, naming its file."""
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        count = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise ValueError(
+            f"{path} holds {count} NaN or infinite pixel value(s); replace them (for example "
+            "with the background intensity, or 0) and save the image again"
+        )
+
+
+def _check_fits_in_memory(image_path: str, checkpoint: Any, probabilities: bool) -> None:
+    """Refuse, before reading, an image whose in-memory segmentation would not fit in RAM."""
+    from napari_unet.io import declared_shape
+
+    shape, itemsize = declared_shape(image_path)
+    task = checkpoint.task
+    # The image as read and as float32, the labels, the maps (and all outputs when kept).
+    per_pixel = itemsize + 4 + 4 + 4 * len(task.map_names)
+    if probabilities:
+        per_pixel += 4 * checkpoint.model_config.n_classes
+    need = math.prod(shape) * per_pixel
+    have = _physical_memory()
+    if have is not None and need > 0.8 * have:
+        raise ValueError(
+            f"{image_path} (shape {tuple(shape)}) needs about {need / 2**30:.1f} GiB to segment "
+            f"in memory, more than this machine has ({have / 2**30:.1f} GiB); segment it "
+            "block by block with --workers N, which reads it in pieces and writes a zarr "
+            "result (see docs/large-data.md)"
+        )
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _inference_config(args: argparse.Namespace) -> Any:
@@ -1056,6 +1140,9 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     # connecting fails.
     if scheduler is not None:
         try:
+            # Probed first: a Client that fails to connect hangs for a minute when it is
+            # collected, and then prints a traceback.
+            _probe_scheduler(scheduler)
             client = Client(scheduler, set_as_default=False)
         except Exception as error:  # refused, timed out, or not a dask scheduler at all
             raise ConnectionError(
@@ -1074,6 +1161,28 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         Client(cluster, set_as_default=False) as client,
     ):
         yield client
+
+
+def _probe_scheduler(address: str, timeout: float = 10.0) -> None:
+    """Raise unless a dask scheduler answers at ``address`` (one short exchange)."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def identity() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout + 5))
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no answer within {timeout + 5:g} s") from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise ConnectionError("something answered, but not a dask scheduler")
 
 
 def _segment_large_images(args: argparse.Namespace, checkpoint: Any, outdir: Path) -> int:
@@ -1200,6 +1309,7 @@ def _run_export(args: argparse.Namespace) -> int:
                 channel_axis = _model_channel_axis(
                     test_image.shape, checkpoint.model_config.in_channels, args.test_image
                 )
+                _check_finite(test_image, args.test_image)
             if not info.authors:
                 _note(
                     f"{PROG}: note: no --author given; name who trained the model before "

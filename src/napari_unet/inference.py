@@ -222,6 +222,14 @@ class ImagePlanes:
         self.plane_shape = tuple(shape[axis] for axis in self.plane_axes)
         self.height, self.width = (shape[axis] for axis in self.spatial_axes)
         self.channels = 1 if channel_axis is None else shape[channel_axis]
+        if channel_axis is None and len(shape) >= 3 and 2 <= shape[-1] <= 4 < shape[-2]:
+            # Planes a few pixels wide are channels read as space: (H, W, 3) as H planes.
+            raise ValueError(
+                f"image of shape {shape} looks like {shape[-1]} channels on its last axis, "
+                f"which would make planes {shape[-1]} pixels wide; pass channel_axis=-1 for a "
+                "model trained on that many channels, or give one channel (image[..., 0]) "
+                "to a single-channel model."
+            )
         if self.height < 2 or self.width < 2:
             raise ValueError(f"image planes must be at least 2x2 pixels, got {shape}.")
 

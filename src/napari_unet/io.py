@@ -115,6 +115,32 @@ def read_image(path: str | os.PathLike[str], *, labels: bool = False) -> np.ndar
     return array
 
 
+def declared_shape(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], int]:
+    """Return the shape and bytes per value a TIFF or PNG file declares, without its pixels.
+
+    What :func:`read_image` will allocate can be checked before it does
+    (a 2 KB TIFF may declare 40000 x 40000 pixels).
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                bands = len(image.getbands())
+                itemsize = 2 if image.mode.startswith("I;16") else 1
+                shape = (image.height, image.width) + ((bands,) if bands > 1 else ())
+                return shape, itemsize
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return tuple(int(s) for s in series.shape), int(np.dtype(series.dtype).itemsize)
+    except Exception as error:  # unreadable headers are reported by read_image itself
+        logger.debug("Could not read the header of %s: %s", path, error)
+        return (0,), 1
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
     """Return the first series of a TIFF file and whether it is RGB(A)."""
     import tifffile

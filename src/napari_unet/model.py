@@ -43,6 +43,12 @@ __all__ = ["UNet", "UNetConfig"]
 Padding = Literal["valid", "same"]
 
 
+#: Upper bounds of the architecture (the paper: 1 input channel, 2 classes, 64 base channels).
+LIMITS = {"in_channels": 64, "n_classes": 256, "base_channels": 256}
+#: Channels of the bottom layer, base_channels * 2**depth (the paper's: 1024).
+MAX_WIDEST_LAYER = 4096
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture of a :class:`UNet`.
@@ -89,6 +95,21 @@ class UNetConfig:
             )
         if self.depth > 7:
             raise ValueError(f"depth must be between 1 and 7, got {self.depth}.")
+        # Bounds checked before any weight is allocated: a model file is untrusted input,
+        # and a few bytes of config could otherwise ask for hundreds of gigabytes.
+        for name, largest in LIMITS.items():
+            if getattr(self, name) > largest:
+                raise ValueError(
+                    f"{name} must be at most {largest}, got {getattr(self, name)}; a model "
+                    "file asking for more is damaged or not made by this program."
+                )
+        widest = self.base_channels * 2**self.depth
+        if widest > MAX_WIDEST_LAYER:
+            raise ValueError(
+                f"base_channels * 2**depth must be at most {MAX_WIDEST_LAYER} (the paper's "
+                f"64 * 2**4 = 1024), got {self.base_channels} * 2**{self.depth} = {widest}; "
+                "choose fewer base channels or a smaller depth."
+            )
         if self.padding not in ("valid", "same"):
             raise ValueError(f'padding must be "valid" or "same", got {self.padding!r}.')
         if not 0.0 <= float(self.dropout) < 1.0:

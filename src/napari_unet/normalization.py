@@ -26,7 +26,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Normalization"]
+__all__ = ["NonFiniteImageError", "Normalization"]
+
+
+class NonFiniteImageError(ValueError):
+    """The image holds NaN or infinite values, which the network cannot use."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The image holds NaN or infinite values; replace them (for example with the "
+            "background intensity, or 0) before training or segmenting."
+        )
+
 
 # Percentiles are estimated on at most this many pixels per channel, so that huge
 # or lazily loaded images are never read whole just to scale them.
@@ -75,6 +86,8 @@ class Normalization:
         stride = max(1, math.ceil(math.sqrt(height * width / MAX_STATISTICS_SAMPLES)))
         sample = np.asarray(image[:, ::stride, ::stride], dtype=np.float32)
         sample = sample.reshape(sample.shape[0], -1)
+        if not np.isfinite(sample).all():
+            raise NonFiniteImageError()
         low, high = np.percentile(sample, [self.low_percentile, self.high_percentile], axis=1)
         return low.astype(np.float32), high.astype(np.float32)
 
@@ -83,8 +96,13 @@ class Normalization:
         """Scale a ``(C, h, w)`` array with per-channel ``low`` and ``high``; float32 out.
 
         A channel whose percentiles coincide (a constant image) is only shifted.
+        Raises :class:`NonFiniteImageError` for NaN or infinite values, which
+        the subsampled :meth:`statistics` of a large image may not have seen.
         """
         low = np.asarray(low, np.float32)[:, None, None]
         scale = np.asarray(high, np.float32)[:, None, None] - low
         scale = np.where(scale > 0, scale, np.float32(1.0))
-        return (np.asarray(image, dtype=np.float32) - low) / scale
+        scaled = (np.asarray(image, dtype=np.float32) - low) / scale
+        if not np.isfinite(scaled).all():
+            raise NonFiniteImageError()
+        return scaled

@@ -39,6 +39,9 @@ __all__ = [
     "split_planes",
 ]
 
+#: More classes than this is an intensity image or instance ids, not a semantic labelling.
+MAX_SEMANTIC_CLASSES = 256
+
 
 @dataclass
 class _Sample:
@@ -66,23 +69,34 @@ class TrainingData:
         return int(sum(int((s.weights > 0).sum()) for s in self.samples))
 
 
+PairNames = tuple[str, str]
+
+
+def pair_names(name: str | PairNames) -> PairNames:
+    """Return what messages call a pair's image and labels (from "pair 1", or file names)."""
+    return (f"{name} image", f"{name} labels") if isinstance(name, str) else name
+
+
 def split_planes(
-    image: np.ndarray, labels: np.ndarray, channel_axis: int | None, name: str
+    image: np.ndarray, labels: np.ndarray, channel_axis: int | None, name: str | PairNames
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Return lists of (C, H, W) image planes and (H, W) label planes.
 
     Axes are read as inference reads them (:class:`ImagePlanes`), so a model
-    sees the same channels in training and in use.
+    sees the same channels in training and in use. ``name`` is the pair's
+    name in messages, or the names of its image and labels (file names).
     """
-    labels = check_labels(labels, f"{name} labels", ndim=(2, 3), require_objects=False)
-    image = check_image(image, f"{name} image", ndim=(2, 3, 4))
+    image_name, labels_name = pair_names(name)
+    labels = check_labels(labels, labels_name, ndim=(2, 3), require_objects=False)
+    image = check_image(image, image_name, ndim=(2, 3, 4))
     if channel_axis is None and image.ndim == labels.ndim + 1 and image.shape[-1] in (3, 4):
         channel_axis = -1  # RGB(A) as napari shows it: (..., H, W, 3)
     planes = ImagePlanes(image, channel_axis)
     if planes.plane_shape != labels.shape[:-2]:
         raise ValueError(
-            f"{name}: image of shape {image.shape} (channel axis {channel_axis}) does not "
-            f"match labels of shape {labels.shape}; give one 2D plane of labels per image plane."
+            f"{image_name} of shape {image.shape} (channel axis {channel_axis}) does not "
+            f"match {labels_name} of shape {labels.shape}; give one 2D plane of labels per "
+            "image plane."
         )
     everything = slice(None)
     images = [planes.read(plane, everything, everything) for plane in range(planes.n_planes)]
@@ -99,6 +113,7 @@ def prepare_training_data(
     n_classes: int | None = None,
     w0: float = 10.0,
     sigma: float = 5.0,
+    names: Sequence[PairNames] | None = None,
 ) -> TrainingData:
     """Turn (image, labels) pairs into normalised training planes with weight maps.
 
@@ -121,6 +136,9 @@ def prepare_training_data(
         Number of classes of a semantic model (default: the largest label).
     w0, sigma : float
         Boundary weight map parameters (instance tasks).
+    names : sequence of (str, str), optional
+        Per pair, what messages call its image and labels (e.g. the file names);
+        default "pair 1 image", "pair 1 labels", ...
 
     Raises
     ------
@@ -134,23 +152,35 @@ def prepare_training_data(
     masks = list(masks) if masks is not None else [None] * len(pairs)
     if len(masks) != len(pairs):
         raise ValueError(f"Got {len(masks)} masks for {len(pairs)} image/label pairs.")
+    if names is not None and len(names) != len(pairs):
+        raise ValueError(f"Got {len(names)} names for {len(pairs)} image/label pairs.")
     planes: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
     for number, ((image, labels), mask) in enumerate(zip(pairs, masks, strict=True), start=1):
-        name = f"pair {number}"
-        images, label_planes = split_planes(image, labels, channel_axis, name)
+        image_name, labels_name = names[number - 1] if names else pair_names(f"pair {number}")
+        images, label_planes = split_planes(image, labels, channel_axis, (image_name, labels_name))
         mask_planes: list[np.ndarray | None] = [None] * len(images)
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != np.shape(labels):
                 raise ValueError(
-                    f"{name}: the annotated-region mask has shape {mask.shape} but the labels "
-                    f"have shape {np.shape(labels)}."
+                    f"{labels_name}: the annotated-region mask has shape {mask.shape} but the "
+                    f"labels have shape {np.shape(labels)}."
                 )
             mask_planes = [mask] if mask.ndim == 2 else list(mask)
         for plane_image, plane_labels, plane_mask in zip(
             images, label_planes, mask_planes, strict=True
         ):
-            check_same_shape(plane_image, plane_labels, f"{name} image", f"{name} labels")
+            check_same_shape(plane_image, plane_labels, image_name, labels_name)
+            if task.instances:
+                plane_labels = _compact_ids(plane_labels)
+                _check_looks_like_labels(plane_labels, labels_name)
+            elif plane_labels.max(initial=0) > MAX_SEMANTIC_CLASSES:
+                raise ValueError(
+                    f"{labels_name} go up to {int(plane_labels.max())}, and in semantic mode "
+                    f"each value is a class (at most {MAX_SEMANTIC_CLASSES}). If every value is "
+                    "one object, use mode 'instances'; if the labels are an image, give the "
+                    "image first and the labels second."
+                )
             planes.append((plane_image, plane_labels, plane_mask))
     channels = {p[0].shape[0] for p in planes}
     if len(channels) != 1:
@@ -159,7 +189,11 @@ def prepare_training_data(
         largest = max(int(p[1].max()) for p in planes)
         n_classes = n_classes or task.n_classes(largest)
         if largest > n_classes:
-            raise ValueError(f"Labels go up to {largest} but the model has {n_classes} classes.")
+            raise ValueError(
+                f"Labels go up to {largest} but the model has {n_classes} classes (label "
+                f"values 1..{n_classes}; in semantic mode each value is a class). Relabel the "
+                "classes, or, if each value is one object, train a new model in instances mode."
+            )
         if n_classes < 2:
             raise ValueError(
                 "Semantic mode needs at least two classes (label values 1 and 2; 0 is "
@@ -190,6 +224,37 @@ def prepare_training_data(
         shapes,
         np.concatenate(areas) if areas else np.zeros(0, np.int64),
     )
+
+
+def _compact_ids(labels: np.ndarray) -> np.ndarray:
+    """Renumber object ids 1..N when they exceed the pixel count (e.g. 64-bit hashes).
+
+    Every per-object table is indexed by id, so ids near 2**40 would allocate
+    terabytes; the objects and the background stay what they are.
+    """
+    if int(labels.max(initial=0)) < labels.size:
+        return labels
+    values, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape).astype(np.int64)
+    return inverse if values[0] == 0 else inverse + 1
+
+
+def _check_looks_like_labels(labels: np.ndarray, name: str) -> None:
+    """Refuse an intensity image given as instance labels (image and labels swapped).
+
+    In a label image each object is one patch of equal values; in an intensity
+    image each gray value is scattered over many specks.
+    """
+    from skimage.measure import label
+
+    values = int(np.unique(labels).size)
+    patches = int(label(labels, background=-1, connectivity=1).max())
+    if patches > 200 and patches > 4 * values:
+        raise ValueError(
+            f"{name} do not look like labels: their {values} values form "
+            f"{patches} separate patches, where each object should be one patch. Was the "
+            "image given as the labels? Give the image first and the labels second."
+        )
 
 
 def _object_areas(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -346,6 +346,8 @@ def normalised_border_distance(labels: np.ndarray) -> np.ndarray:
     # Image edges count as far away: edt measures to the nearest zero.
     distance = ndimage.distance_transform_edt(interior) + objects
     ids = labels.astype(np.intp, copy=False)
+    if int(ids.max()) >= ids.size:  # huge ids (hashes): number them 0..n first
+        ids = np.unique(ids, return_inverse=True)[1].reshape(ids.shape)
     largest = np.zeros(int(ids.max()) + 1)
     np.maximum.at(largest, ids[objects], distance[objects])
     return np.where(objects, distance / np.maximum(largest[ids], 1), 0.0).astype(np.float32)

@@ -48,6 +48,7 @@ from napari_unet.metrics import average_precision
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 from napari_unet.sampling import (
+    PairNames,
     Prefetcher,
     TrainingData,
     make_sampler,
@@ -74,6 +75,14 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["instances", "semantic"]
 MODEL_SIZES = {"small": 16, "medium": 32, "large": 64}
+
+
+#: Bounds of a training budget: a shorter one ends before the first step, a longer one
+#: (a typo, or infinity) would never end.
+MIN_MINUTES, MAX_MINUTES = 0.01, 7 * 24 * 60
+MAX_STEPS = 100_000_000
+#: Seeds go to numpy and to torch.manual_seed, which takes at most 64 bits.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -163,10 +172,30 @@ class TrainConfig:
         task_for(self.mode, self.head)  # checks mode and head
         if self.steps is None and self.minutes is None:
             raise ValueError("Give a budget: steps, minutes or both.")
-        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}.")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError(f"minutes must be positive, got {self.minutes!r}.")
+        if self.steps is not None and (
+            isinstance(self.steps, bool)
+            or not isinstance(self.steps, (int, np.integer))
+            or not 1 <= self.steps <= MAX_STEPS
+        ):
+            raise ValueError(
+                f"steps must be a whole number from 1 to {MAX_STEPS:,}, got {self.steps!r}."
+            )
+        if self.minutes is not None:
+            if isinstance(self.minutes, bool) or not isinstance(
+                self.minutes, (int, float, np.integer, np.floating)
+            ):
+                raise ValueError(f"minutes must be a number, got {self.minutes!r}.")
+            if not MIN_MINUTES <= self.minutes <= MAX_MINUTES:
+                raise ValueError(
+                    f"minutes must be from {MIN_MINUTES} (under a second trains nothing) to "
+                    f"{MAX_MINUTES:,} (a week), got {self.minutes!r}."
+                )
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, (int, np.integer))
+            or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}.")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f'optimizer must be "adam" or "sgd", got {self.optimizer!r}.')
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -306,6 +335,8 @@ def train_generator(
     metadata: dict[str, Any] | None = None,
     preview: np.ndarray | None = None,
     preview_every: int = 50,
+    names: Sequence[PairNames] | None = None,
+    validation_names: PairNames = ("the validation image", "the validation labels"),
 ) -> Generator[TrainingEvent, None, TrainingResult]:
     """Train a U-Net; yield progress events; return the :class:`TrainingResult`.
 
@@ -334,6 +365,11 @@ def train_generator(
         :class:`TrainingPreview`, so a viewer can show training progress.
     preview_every : int
         Steps between previews.
+    names : sequence of (str, str), optional
+        Per pair, what error messages call its image and labels (e.g. the
+        file names); default "pair 1 image", "pair 1 labels", ...
+    validation_names : (str, str)
+        The same for the validation pair.
     """
     config = config or TrainConfig()
     if preview is not None and (
@@ -361,6 +397,8 @@ def train_generator(
         held_out = _hold_out(pairs, masks, channel_axis)
         if held_out is not None:
             pairs, masks = held_out.pairs, held_out.masks
+            if names is not None:
+                names = [names[number] for number in held_out.kept]
     data = prepare_training_data(
         pairs,
         task=task,
@@ -370,6 +408,7 @@ def train_generator(
         n_classes=n_classes,
         w0=config.w0,
         sigma=config.sigma,
+        names=names,
     )
     if initial is not None:
         # The starting model's architecture wins over the config's; its tile
@@ -385,10 +424,15 @@ def train_generator(
         model_config = config.model_config(data.in_channels, data.n_classes)
     validation_data = validation_plane = None
     if validation is not None:
-        images, label_planes = split_planes(*validation, channel_axis, "validation")
+        images, label_planes = split_planes(*validation, channel_axis, validation_names)
         # Score the first annotated plane, the one prepare_training_data keeps first.
         first = next((i for i, plane in enumerate(label_planes) if plane.any()), 0)
         validation_plane = (images[first], label_planes[first])
+        if not any(plane.any() for plane in label_planes):
+            raise ValueError(
+                f"{validation_names[1]} hold no labels (all pixels 0): paint or import the "
+                "objects of the validation image, or train without a validation pair."
+            )
         validation_data = prepare_training_data(
             [validation],
             task=task,
@@ -397,6 +441,7 @@ def train_generator(
             n_classes=data.n_classes,
             w0=config.w0,
             sigma=config.sigma,
+            names=[validation_names],
         )
     device = resolve_device(config.device)
     amp = autocast_dtype(device, config.precision)
@@ -540,6 +585,7 @@ class _HeldOut:
     masks: list[np.ndarray | None]
     planes: list[tuple[np.ndarray, np.ndarray, slice]]  # (C, H, W) image, labels, rows scored
     description: str
+    kept: list[int]  # which of the given pairs are still trained on
 
 
 def _hold_out(
@@ -573,6 +619,7 @@ def _hold_out(
             [masks[number] for number in kept],
             planes,
             f"{len(chosen)} training image(s) held out of training",
+            kept,
         )
     if not full:
         return None
@@ -592,6 +639,7 @@ def _hold_out(
         masks,
         [(images[0], label_planes[0], slice(cut, height))],
         f"rows {cut}-{height - 1} of training image {number + 1}, held out of training",
+        list(range(len(pairs))),
     )
 
 

@@ -197,6 +197,10 @@ class Failure:
         """
         if isinstance(self.error, UserError):
             return str(self.error)
+        if isinstance(self.error, MemoryError):
+            return f"{action} ran out of memory. " + (
+                advice or "Crop the image, or close other programs, and try again."
+            )
         if isinstance(self.error, (ValueError, TypeError)):
             return f"{action} could not run: {self.error}"
         message = f"{action} failed ({type(self.error).__name__}: {self.error})."

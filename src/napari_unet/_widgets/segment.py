@@ -542,6 +542,12 @@ class _Session:
                 f"{image.name!r} has shape {shape}; segmentation needs 2D planes of at "
                 f"least 2x2 pixels."
             )
+        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
+            # Checked here, before a layer is added; lazy images are checked as they are read.
+            raise UserError(
+                f"{image.name!r} holds NaN or infinite values; replace them (for example with "
+                "the background intensity, or 0) before segmenting."
+            )
         tile_size = choices.tile_size
         config = InferenceConfig(
             tile_shape=(tile_size, tile_size) if tile_size > 0 else None,
