@@ -40,8 +40,8 @@ lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
-# The quick benchmark run (about 15 minutes on 2 CPU cores); `bench-full` runs the commands
-# recorded in docs/benchmarks.md, 3 seeds per training row (about 6 hours). Both read
+# The quick benchmark run (about 20 minutes on 2 CPU cores); `bench-full` runs the commands
+# recorded in docs/benchmarks.md, 3 seeds per training row (about 7 hours). Both read
 # ../shared/data.
 bench: venv
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
@@ -55,6 +55,8 @@ bench: venv
 	$(PY) benchmarks/ablation.py --minutes 1
 	$(PY) benchmarks/isbi.py --minutes 1
 	$(PY) benchmarks/dim.py --minutes 1 --repeats 1
+	$(PY) benchmarks/dim_fields.py --minutes 1 --repeats 1 --before-repeats 0
+	$(PY) benchmarks/inference_precision.py --steps 30 --repeats 1 --size 1024
 	$(PY) benchmarks/dsb_stage1.py --minutes 1 --train-images 40 --no-tta
 
 bench-full: venv
@@ -68,8 +70,10 @@ bench-full: venv
 	$(PY) benchmarks/training.py --minutes 1 2 5 --repeats 3 --plot docs/images/training-time-to-accuracy.png
 	$(PY) benchmarks/ablation.py --minutes 5 --repeats 3
 	$(PY) benchmarks/isbi.py --minutes 5 20 --repeats 3
-	$(PY) benchmarks/training.py --minutes 5 --repeats 3 --head three-class paper
+	$(PY) benchmarks/training.py --minutes 5 --repeats 3 --head three-class distance paper
 	$(PY) benchmarks/dim.py --minutes 5 --repeats 3 --before-repeats 1
+	$(PY) benchmarks/dim_fields.py --minutes 5 --repeats 3 --before-repeats 1
+	$(PY) benchmarks/inference_precision.py --steps 300 --repeats 3
 	$(PY) benchmarks/dsb_stage1.py --minutes 20 --repeats 3
 
 clean:

@@ -28,6 +28,7 @@ import time
 import torch
 from _data import add_data_argument, data_directory, read_nuclei
 
+from napari_unet import sampling
 from napari_unet.device import autocast_dtype, resolve_device
 from napari_unet.sampling import make_sampler, prepare_training_data
 from napari_unet.training import TrainConfig, TrainingProgress, _step, train_generator
@@ -45,7 +46,7 @@ def model_only(data, config: TrainConfig, steps: int) -> float:
     sampler = make_sampler(data, model_config, config.tile_size, config, seed=0)
     tiles = [sampler.draw() for _ in range(min(steps, 20))]
     device = resolve_device("cpu")
-    amp = autocast_dtype(device, config.precision)  # the same precision as the real loop
+    amp = autocast_dtype(device, config.precision, "training")  # as in the real loop
     _step(model, optimizer, *tiles[0], device, amp, data.task)  # warm-up
     start = time.perf_counter()
     for i in range(steps):
@@ -53,9 +54,26 @@ def model_only(data, config: TrainConfig, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def data_only(data, config: TrainConfig, steps: int) -> float:
+def data_only(data, config: TrainConfig, steps: int, prefilter_per_tile: bool = False) -> float:
+    """Seconds per drawn tile; ``prefilter_per_tile``: the old way, cubic prefilter per tile."""
     model_config = config.model_config(data.in_channels, data.n_classes)
     sampler = make_sampler(data, model_config, config.tile_size, config, seed=1)
+    if prefilter_per_tile:
+        real = sampling._warp_window
+        sampler.coefficients = [sample.image for sample in data.samples]
+
+        def per_tile(array, coords, order, prefiltered=False):
+            return real(array, coords, order, False)
+
+        sampling._warp_window = per_tile
+    try:
+        return _time_draws(sampler, steps)
+    finally:
+        if prefilter_per_tile:
+            sampling._warp_window = real
+
+
+def _time_draws(sampler, steps: int) -> float:
     sampler.draw()
     start = time.perf_counter()
     for _ in range(steps):
@@ -88,21 +106,26 @@ def main() -> None:
     config = TrainConfig(steps=args.steps + 10, device="cpu", seed=0, precision=args.precision)
     data = prepare_training_data([(image, labels)])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
+    output = config.model_config(1, 2).output_shape((config.tile_size, config.tile_size))
     rows = []
     for _ in range(args.repeats):
         model = model_only(data, config, args.steps)
+        old_tiles = data_only(data, config, args.steps, prefilter_per_tile=True)
         tiles = data_only(data, config, args.steps)
         real, wait = pipeline(image, labels, config, args.steps)
-        rows.append((model, tiles, real, wait))
-    print("| repeat | model only, ms/step | data only, ms/tile | pipeline, ms/step | naive share "
-          "| overhead | waiting for tiles |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for i, (model, tiles, real, wait) in enumerate(rows, start=1):
+        rows.append((model, old_tiles, tiles, real, wait))
+    print("| repeat | model only, ms/step | data only, ms/tile (prefilter per tile) | data only, "
+          "ms/tile | pipeline, ms/step | supervised Mpx/min | naive share | overhead | "
+          "waiting for tiles |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, (model, old_tiles, tiles, real, wait) in enumerate(rows, start=1):
+        megapixels = output[0] * output[1] / 1e6 / real * 60
         print(
-            f"| {i} | {model * 1e3:.0f} | {tiles * 1e3:.1f} | {real * 1e3:.0f} | "
-            f"{tiles / (tiles + model):.1%} | {real / model - 1:+.1%} | {wait:.1%} |"
+            f"| {i} | {model * 1e3:.0f} | {old_tiles * 1e3:.1f} | {tiles * 1e3:.1f} | "
+            f"{real * 1e3:.0f} | {megapixels:.1f} | {tiles / (tiles + model):.1%} | "
+            f"{real / model - 1:+.1%} | {wait:.1%} |"
         )
-    overhead = statistics.median(real / model - 1 for model, _, real, _ in rows)
+    overhead = statistics.median(real / model - 1 for model, _, _, real, _ in rows)
     print(f"median overhead of the data pipeline: {overhead:+.1%} (goal < 10%)")
 
 

@@ -64,7 +64,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     warm_up = np.zeros((512, 512), np.float32)  # first-call allocations stay out of the timings
     whole_image(predictor, warm_up)
-    predict(model, warm_up, mode="semantic", config=config)
+    predict(model, warm_up, task="semantic", config=config)
     for size in args.sizes:
         image = np.random.default_rng(0).random((size, size)).astype(np.float32)
         tile = choose_tile_shape(size, size, model.config, config.max_tile_pixels)
@@ -72,7 +72,7 @@ def main() -> None:
         for _ in range(args.repeats):
             whole.append(seconds(lambda image=image: whole_image(predictor, image)))
             tiled.append(
-                seconds(lambda image=image: predict(model, image, mode="semantic", config=config))
+                seconds(lambda image=image: predict(model, image, task="semantic", config=config))
             )
         ratios = [w / t for w, t in zip(whole, tiled, strict=True)]
         print(

@@ -43,7 +43,8 @@ def measure(size: int, mode: str) -> dict[str, float | int | str]:
     image = np.ascontiguousarray(np.tile(tile, (reps, reps))[:size, :size])
     before = peak_megabytes()
     start = time.perf_counter()
-    prediction = predict(model, image, mode=mode, config=InferenceConfig(device="cpu"))
+    task = "semantic" if mode == "semantic" else "paper"  # a two-output network
+    prediction = predict(model, image, task=task, config=InferenceConfig(device="cpu"))
     seconds = time.perf_counter() - start
     return {
         "mode": mode,

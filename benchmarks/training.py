@@ -17,7 +17,8 @@ chosen on the training rows. Goal (issue 5): AP@0.5 >= 0.90 within 5 CPU
 minutes.
 
 Usage: python benchmarks/training.py [--data-dir ../shared/data] [--minutes 1 2 5]
-       [--repeats 1] [--plot docs/images/training-time-to-accuracy.png]
+       [--repeats 1] [--plot docs/images/training-time-to-accuracy.png] [--head three-class ...]
+       [--precision auto|fp32|bf16] [--tile-size PX] [--tta]
 """
 
 from __future__ import annotations
@@ -171,17 +172,24 @@ def main() -> None:
         "--head", nargs="+", default=["three-class"], help="instance heads to compare"
     )
     parser.add_argument("--tta", action="store_true", help="also score test-time augmentation")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="training precision"
+    )
+    parser.add_argument("--tile-size", type=int, default=None, help="training tile (input) side")
     add_device_argument(parser)
     args = parser.parse_args()
     image, labels = read_nuclei(data_directory(args.data_dir))
     print(describe_device(args.device))
     min_distance, base = baseline(image, labels)
     n_true = len(np.unique(labels[SPLIT:])) - 1
+    extra = {"precision": args.precision}
+    if args.tile_size is not None:
+        extra["tile_size"] = args.tile_size
     table: dict[tuple[str, float], list[dict]] = {}
     for head in args.head:
         for minutes in args.minutes:
             table[head, minutes] = [
-                run(image, labels, minutes, seed, args.device, args.tta, head=head)
+                run(image, labels, minutes, seed, args.device, args.tta, head=head, **extra)
                 for seed in range(args.repeats)
             ]
     n = f"median (min-max) of {args.repeats}" if args.repeats > 1 else "1 run"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_unet import device as device_module
-from napari_unet.device import autocast_dtype, cpu_has_amx, resolve_device
+from napari_unet.device import autocast_dtype, cpu_has_amx, cpu_has_bf16, resolve_device
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -105,16 +105,36 @@ def test_cpu_has_amx_is_a_bool():
     assert isinstance(cpu_has_amx(), bool)
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_cpu_auto_uses_bf16_only_with_amx(monkeypatch, amx):
+@pytest.mark.parametrize(
+    ("amx", "bf16", "inference", "training"),
+    [
+        (True, True, torch.bfloat16, torch.bfloat16),  # AMX
+        (False, True, None, torch.bfloat16),  # AVX512-BF16: training only
+        (False, False, None, None),  # emulated bf16 is slower: nothing changes
+    ],
+)
+def test_cpu_auto_uses_bf16_only_where_the_cpu_computes_it(
+    monkeypatch, amx, bf16, inference, training
+):
     monkeypatch.setattr(device_module, "cpu_has_amx", lambda: amx)
-    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if amx else None)
-    assert autocast_dtype(CPU) == (torch.bfloat16 if amx else None)
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: bf16)
+    assert autocast_dtype(CPU, "auto") == inference
+    assert autocast_dtype(CPU) == inference
+    assert autocast_dtype(CPU, "auto", "training") == training
+    with pytest.raises(ValueError, match="purpose"):
+        autocast_dtype(CPU, "auto", "serving")
+
+
+def test_amx_counts_as_bf16(monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_has_amx", lambda: True)
+    assert device_module.cpu_has_bf16()
 
 
 def test_cpu_auto_on_this_machine():
-    expected = torch.bfloat16 if cpu_has_amx() else None
-    assert autocast_dtype(CPU, "auto") == expected
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if cpu_has_amx() else None)
+    expected = torch.bfloat16 if cpu_has_bf16() else None
+    assert autocast_dtype(CPU, "auto", "training") == expected
+    assert isinstance(cpu_has_bf16(), bool)
 
 
 def test_cpu_bf16_is_forced():

@@ -496,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 when a file, the data or the device is not usable, 2
         for bad arguments, 130 when interrupted with Ctrl-C.
     """
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C from here on is a KeyboardInterrupt, handled below (the entry point
+        # lets it end the program at once while the imports run).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

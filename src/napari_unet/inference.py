@@ -413,7 +413,14 @@ class ModelPredictor:
             batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 logits = self.model(batch)
-            return self.task.activate(logits.float())[0].cpu().numpy()
+            outputs = self.task.activate(logits.float())[0].cpu().numpy()
+        if not np.isfinite(outputs).all():
+            # Finite inputs and weights, yet NaN out: an overflow, not the user's image.
+            raise ValueError(
+                "The network's output is not finite for this image (an overflow); try "
+                "precision 'fp32', or a model trained on images like this one."
+            )
+        return outputs
 
 
 def choose_tile_shape(

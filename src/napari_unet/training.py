@@ -444,7 +444,7 @@ def train_generator(
             names=[validation_names],
         )
     device = resolve_device(config.device)
-    amp = autocast_dtype(device, config.precision)
+    amp = autocast_dtype(device, config.precision, "training")
     rng = as_rng(config.seed)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -664,7 +664,8 @@ def calibrate_on(
             channel_axis=0,
             task=task,
             normalization=normalization,
-            config=InferenceConfig(device=device, precision="fp32"),
+            # The precision segmentation will use ("auto"), so the settings fit its maps.
+            config=InferenceConfig(device=device),
             return_probabilities=True,
         ).probabilities
         maps.append(task.tile_maps(np.asarray(probabilities))[:, rows])
