@@ -495,6 +495,16 @@ def test_zip_bomb_is_refused(package, tmp_path, monkeypatch):
         load_package(bomb)
 
 
+def test_weights_larger_than_their_network_are_refused_before_unpacking(package, tmp_path):
+    """Random bytes (no compression ratio to catch) that the described network cannot hold."""
+    path, *_ = package
+    huge = np.random.default_rng(0).integers(0, 256, 2 << 20, dtype=np.uint8).tobytes()
+    bigger = rebuild(path, tmp_path / "bigger.zip", replace={"weights.pt": huge})
+    # The checksum would fail too, but only after unpacking; the size fails first.
+    with pytest.raises(PackageError, match="more than the network it describes can have"):
+        load_package(bigger)
+
+
 def test_too_many_members_are_refused(package, tmp_path, monkeypatch):
     import napari_unet.bioimageio as bioimageio
 
