@@ -71,12 +71,24 @@ def check_image(
         )
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}).")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ValueError(
-            f"{name} contains NaN or infinite values; replace them (e.g. with "
-            f"numpy.nan_to_num) before using it."
-        )
+    check_finite(array, name)
     return array
+
+
+class NonFiniteImageError(ValueError):
+    """An image holds NaN or infinite values, which the network cannot use."""
+
+    def __init__(self, name: str = "The image") -> None:
+        super().__init__(
+            f"{name} holds NaN or infinite values; replace them (for example with the "
+            "background intensity, or 0) and try again."
+        )
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """Raise :class:`NonFiniteImageError` naming ``name`` if a float ``array`` has NaN or inf."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise NonFiniteImageError(name)
 
 
 def check_labels(
@@ -143,6 +155,17 @@ def check_same_shape(
             f"{first_name} has shape {first.shape} but {second_name} has shape "
             f"{second.shape}; their height and width (last two axes) must be equal."
         )
+
+
+def check_whole_number(value: object, name: str, low: int, high: int) -> int:
+    """Return ``value`` if it is an integer (not a bool) from ``low`` to ``high``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not low <= value <= high
+    ):
+        raise ValueError(f"{name} must be a whole number from {low:,} to {high:,}, got {value!r}.")
+    return int(value)
 
 
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:

@@ -212,10 +212,11 @@ def load_package(path: str | os.PathLike[str]) -> Checkpoint:
                 "in the package; export the model again."
             )
         expected = _declared_sha256(description, weights_name, path)
-        _check_weights_size(members[weights_name], settings, path)
+        config = _model_config(settings, path)
+        _check_weights_size(members[weights_name], config, path)
         with _verified_copy(archive, members[weights_name], expected, path) as stream:
             state_dict = _load_state_dict(stream, weights_name, path)
-    checkpoint = _checkpoint_from(settings, state_dict, path)
+    checkpoint = _checkpoint_from(settings, config, state_dict, path)
     logger.info("Read the bioimage.io package %s (%s mode)", path, checkpoint.mode)
     return checkpoint
 
@@ -362,14 +363,22 @@ def _declared_sha256(description: Mapping[str, Any], name: str, path: Path) -> s
     )
 
 
-def _check_weights_size(info: zipfile.ZipInfo, settings: Mapping[str, Any], path: Path) -> None:
-    """Refuse weights larger than the declared network can have, before unpacking them."""
+def _model_config(settings: Mapping[str, Any], path: Path) -> UNetConfig:
+    """Return the network the package describes (UNetConfig bounds it: no huge network)."""
     try:
-        config = UNetConfig(**settings["model_config"])  # bounded: no huge network
+        return UNetConfig(**settings["model_config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise PackageError(
-            f"{path} has a damaged '{CONFIG_KEY}' model description in its rdf.yaml: {error}"
-        ) from error
+        raise _damaged(path, error) from error
+
+
+def _damaged(path: Path, error: Exception) -> PackageError:
+    return PackageError(
+        f"{path} has a damaged '{CONFIG_KEY}' model description in its rdf.yaml: {error}"
+    )
+
+
+def _check_weights_size(info: zipfile.ZipInfo, config: UNetConfig, path: Path) -> None:
+    """Refuse weights larger than the declared network can have, before unpacking them."""
     with torch.device("meta"):  # shapes only, nothing allocated
         parameters = sum(p.numel() for p in UNet(config).parameters())
     largest = 8 * parameters + (1 << 20)  # float64 at most, plus the pickle's overhead
@@ -418,11 +427,14 @@ def _load_state_dict(stream: IO[bytes], name: str, path: Path) -> dict[str, torc
 
 
 def _checkpoint_from(
-    settings: Mapping[str, Any], state_dict: dict[str, torch.Tensor], path: Path
+    settings: Mapping[str, Any],
+    config: UNetConfig,
+    state_dict: dict[str, torch.Tensor],
+    path: Path,
 ) -> Checkpoint:
     try:
         checkpoint = Checkpoint(
-            model_config=UNetConfig(**settings["model_config"]),
+            model_config=config,
             state_dict=state_dict,
             mode=settings["mode"],
             head=settings.get("head"),
@@ -436,9 +448,7 @@ def _checkpoint_from(
             metadata={**dict(settings.get("metadata") or {}), "loaded_from": "bioimageio"},
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise PackageError(
-            f"{path} has a damaged '{CONFIG_KEY}' model description in its rdf.yaml: {error}"
-        ) from error
+        raise _damaged(path, error) from error
     try:
         checkpoint.build_model()  # strict key check now, so errors surface at load time
     except CheckpointError as error:

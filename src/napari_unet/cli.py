@@ -40,6 +40,7 @@ import numpy as np
 
 from napari_unet import __version__
 from napari_unet._generators import run_to_end
+from napari_unet._validation import check_finite
 from napari_unet.tasks import INSTANCE_HEADS
 
 __all__ = ["build_parser", "main"]
@@ -538,8 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _MEMORY_ADVICE = (
-    "segment large images block by block with --block-size PX or --workers N (they read "
-    "the image in pieces), train on smaller images or crops, or close other programs"
+    "segment large images block by block with --workers N (it reads the image in pieces), "
+    "train on smaller images or crops, or close other programs"
 )
 
 
@@ -682,14 +683,14 @@ def _validation_plane(
     image: np.ndarray, labels: np.ndarray, labels_path: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the first labelled plane of a validation pair (the engine scores one plane)."""
+    if labels.ndim == 2:  # an empty one is refused by training, naming the file
+        return image, labels
     labelled = [index for index, plane in enumerate(labels) if plane.any()]
     if not labelled:
         raise ValueError(
             f"{labels_path}: the validation labels are empty (all pixels 0); give labels "
             "with objects, or train without --validation"
         )
-    if labels.ndim == 2:
-        return image, labels
     index = labelled[0]
     if len(labels) > 1:
         _note(f"{PROG}: validating on plane {index} of {labels_path}")
@@ -999,7 +1000,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         _check_fits_in_memory(image_path, checkpoint, args.probabilities)
         image = read_image(image_path)
         channel_axis = _model_channel_axis(image.shape, in_channels, image_path)
-        _check_finite(image, image_path)
+        check_finite(image, image_path)  # before any work, naming the file
         tiles = predict_generator(
             model,
             image,
@@ -1037,16 +1038,6 @@ def _run_segment(args: argparse.Namespace) -> int:
             write_tiff(prob_target, probabilities, axes=f"{plane_axes}CYX")
             print(f"{image_path} -> {prob_target} (probabilities)")
     return EXIT_OK
-
-
-def _check_finite(image: np.ndarray, path: str) -> None:
-    """Refuse an image with NaN or infinite pixels before any work, naming its file."""
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        count = int(image.size - np.count_nonzero(np.isfinite(image)))
-        raise ValueError(
-            f"{path} holds {count} NaN or infinite pixel value(s); replace them (for example "
-            "with the background intensity, or 0) and save the image again"
-        )
 
 
 def _check_fits_in_memory(image_path: str, checkpoint: Any, probabilities: bool) -> None:
@@ -1313,7 +1304,7 @@ def _run_export(args: argparse.Namespace) -> int:
                 channel_axis = _model_channel_axis(
                     test_image.shape, checkpoint.model_config.in_channels, args.test_image
                 )
-                _check_finite(test_image, args.test_image)
+                check_finite(test_image, args.test_image)
             if not info.authors:
                 _note(
                     f"{PROG}: note: no --author given; name who trained the model before "

@@ -92,6 +92,20 @@ def _check_threshold(threshold: object) -> float:
 # ---------------------------------------------------------------------------
 
 
+def compact_ids(labels: np.ndarray) -> np.ndarray:
+    """Renumber object ids 1..N when they reach the pixel count (e.g. 64-bit hashes).
+
+    Tables indexed by id (areas, per-object maxima) would otherwise be sized by
+    the largest id: ids near 2**40 would allocate terabytes. Smaller ids are
+    returned as they are; 0 (background) stays 0.
+    """
+    if int(labels.max(initial=0)) < labels.size:
+        return labels
+    values, inverse = _relabel(labels.ravel())
+    inverse = inverse.reshape(labels.shape).astype(np.int64)
+    return inverse if values[0] == 0 else inverse + 1
+
+
 def _relabel(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the sorted distinct values of ``flat`` and each element's index into them.
 

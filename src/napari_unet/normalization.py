@@ -26,17 +26,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from napari_unet._validation import NonFiniteImageError
+
 __all__ = ["NonFiniteImageError", "Normalization"]
-
-
-class NonFiniteImageError(ValueError):
-    """The image holds NaN or infinite values, which the network cannot use."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The image holds NaN or infinite values; replace them (for example with the "
-            "background intensity, or 0) before training or segmenting."
-        )
 
 
 # Percentiles are estimated on at most this many pixels per channel, so that huge

@@ -23,6 +23,7 @@ import numpy as np
 from napari_unet._validation import check_image, check_labels, check_same_shape
 from napari_unet.augment import random_displacement_field, spline_coefficients, warp
 from napari_unet.inference import ImagePlanes
+from napari_unet.metrics import compact_ids
 from napari_unet.normalization import Normalization
 from napari_unet.tasks import Task, get_task, task_for
 
@@ -172,7 +173,7 @@ def prepare_training_data(
         ):
             check_same_shape(plane_image, plane_labels, image_name, labels_name)
             if task.instances:
-                plane_labels = _compact_ids(plane_labels)
+                plane_labels = compact_ids(plane_labels)
                 _check_looks_like_labels(plane_labels, labels_name)
             elif plane_labels.max(initial=0) > MAX_SEMANTIC_CLASSES:
                 raise ValueError(
@@ -224,19 +225,6 @@ def prepare_training_data(
         shapes,
         np.concatenate(areas) if areas else np.zeros(0, np.int64),
     )
-
-
-def _compact_ids(labels: np.ndarray) -> np.ndarray:
-    """Renumber object ids 1..N when they exceed the pixel count (e.g. 64-bit hashes).
-
-    Every per-object table is indexed by id, so ids near 2**40 would allocate
-    terabytes; the objects and the background stay what they are.
-    """
-    if int(labels.max(initial=0)) < labels.size:
-        return labels
-    values, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape).astype(np.int64)
-    return inverse if values[0] == 0 else inverse + 1
 
 
 def _check_looks_like_labels(labels: np.ndarray, name: str) -> None:
@@ -307,7 +295,7 @@ class TileSampler:
     ) -> None:
         self.data, self.config, self.rng = data, config, rng
         self.input_size, self.output_size = input_size, output_size
-        # Prefiltered once per image here, not once per tile (a third of a tile's cost).
+        # Prefiltered once per image here, not once per tile (6% of a tile's cost).
         self.coefficients = [
             spline_coefficients(s.image, config.augment.image_order) for s in data.samples
         ]

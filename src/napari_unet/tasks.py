@@ -256,6 +256,21 @@ def _border_term(labels: np.ndarray, w0: float, sigma: float) -> np.ndarray:
     return boundary_weight_map(labels, w0=w0, sigma=sigma, class_weights=(0.0, 0.0))
 
 
+def _instance_weights(
+    classes: np.ndarray,
+    n_classes: int,
+    labels: np.ndarray,
+    region: np.ndarray | None,
+    w0: float,
+    sigma: float,
+) -> np.ndarray:
+    """Return the paper's weights: class balance over ``region``, border term; 0 outside."""
+    region = np.ones(labels.shape, bool) if region is None else region
+    weights = _balanced(classes, region, n_classes)[classes].astype(np.float32)
+    weights += _border_term(labels, w0, sigma)
+    return np.where(region, weights, 0.0).astype(np.float32)
+
+
 class PaperInstances(Task):
     """The paper's head: background / foreground with a gap between touching objects."""
 
@@ -274,11 +289,8 @@ class PaperInstances(Task):
     def targets(self, labels, region=None, *, w0=10.0, sigma=5.0, n_classes=None):  # noqa: D102
         from napari_unet.weights import separate_touching_objects
 
-        region = np.ones(labels.shape, bool) if region is None else region
         target = (separate_touching_objects(labels) > 0).astype(np.int64)
-        class_weights = _balanced(target, region, 2)
-        weights = class_weights[target].astype(np.float32) + _border_term(labels, w0, sigma)
-        return target, np.where(region, weights, 0.0).astype(np.float32)
+        return target, _instance_weights(target, 2, labels, region, w0, sigma)
 
     def tile_maps(self, probabilities: np.ndarray) -> np.ndarray:  # noqa: D102
         return (1.0 - probabilities[:1]).astype(np.float32)
@@ -303,13 +315,10 @@ class ThreeClassInstances(Task):
     def targets(self, labels, region=None, *, w0=10.0, sigma=5.0, n_classes=None):  # noqa: D102
         from skimage.segmentation import find_boundaries
 
-        region = np.ones(labels.shape, bool) if region is None else region
         target = np.zeros(labels.shape, np.int64)
         target[labels > 0] = 1
         target[find_boundaries(labels, connectivity=1, mode="inner") & (labels > 0)] = 2
-        class_weights = _balanced(target, region, 3)
-        weights = class_weights[target].astype(np.float32) + _border_term(labels, w0, sigma)
-        return target, np.where(region, weights, 0.0).astype(np.float32)
+        return target, _instance_weights(target, 3, labels, region, w0, sigma)
 
     def tile_maps(self, probabilities: np.ndarray) -> np.ndarray:  # noqa: D102
         return np.stack([1.0 - probabilities[0], probabilities[1]]).astype(np.float32)
@@ -345,9 +354,9 @@ def normalised_border_distance(labels: np.ndarray) -> np.ndarray:
     interior = objects & ~find_boundaries(labels, connectivity=1, mode="inner")
     # Image edges count as far away: edt measures to the nearest zero.
     distance = ndimage.distance_transform_edt(interior) + objects
-    ids = labels.astype(np.intp, copy=False)
-    if int(ids.max()) >= ids.size:  # huge ids (hashes): number them 0..n first
-        ids = np.unique(ids, return_inverse=True)[1].reshape(ids.shape)
+    from napari_unet.metrics import compact_ids
+
+    ids = compact_ids(labels).astype(np.intp, copy=False)
     largest = np.zeros(int(ids.max()) + 1)
     np.maximum.at(largest, ids[objects], distance[objects])
     return np.where(objects, distance / np.maximum(largest[ids], 1), 0.0).astype(np.float32)
@@ -376,15 +385,12 @@ class DistanceInstances(Task):
         return ("background", "object", "distance to border")
 
     def targets(self, labels, region=None, *, w0=10.0, sigma=5.0, n_classes=None):  # noqa: D102
-        region = np.ones(labels.shape, bool) if region is None else region
         distance = normalised_border_distance(labels)
         target = np.where(
             labels > 0, 1 + np.rint(distance * _DISTANCE_STEPS).astype(np.int64), 0
         ).astype(np.int64)
-        class_weights = _balanced((labels > 0).astype(np.int64), region, 2)
-        weights = class_weights[(labels > 0).astype(np.intp)].astype(np.float32)
-        weights += _border_term(labels, w0, sigma)
-        return target, np.where(region, weights, 0.0).astype(np.float32)
+        objects = (labels > 0).astype(np.int64)  # the classes the weights balance
+        return target, _instance_weights(objects, 2, labels, region, w0, sigma)
 
     def loss(self, logits, target, weights):
         """Weighted cross entropy of the classes plus weighted binary cross entropy of distance.
@@ -407,12 +413,12 @@ class DistanceInstances(Task):
     def activate(self, logits):  # noqa: D102
         import torch
 
-        return torch.cat([torch.softmax(logits[:, :2], dim=1), torch.sigmoid(logits[:, 2:])], 1)
+        return torch.cat([super().activate(logits[:, :2]), torch.sigmoid(logits[:, 2:])], 1)
 
     def logits_from(self, outputs):  # noqa: D102
         import torch
 
-        classes = torch.log(outputs[:, :2].clamp_min(1e-12))
+        classes = super().logits_from(outputs[:, :2])
         return torch.cat([classes, torch.logit(outputs[:, 2:], eps=1e-6)], 1)
 
     def tile_maps(self, probabilities: np.ndarray) -> np.ndarray:  # noqa: D102

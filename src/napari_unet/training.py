@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from napari_unet._generators import run_to_end
-from napari_unet._validation import as_rng
+from napari_unet._validation import as_rng, check_whole_number
 from napari_unet.augment import AugmentConfig
 from napari_unet.calibration import Calibration, calibrate
 from napari_unet.checkpoint import Checkpoint
@@ -172,14 +172,8 @@ class TrainConfig:
         task_for(self.mode, self.head)  # checks mode and head
         if self.steps is None and self.minutes is None:
             raise ValueError("Give a budget: steps, minutes or both.")
-        if self.steps is not None and (
-            isinstance(self.steps, bool)
-            or not isinstance(self.steps, (int, np.integer))
-            or not 1 <= self.steps <= MAX_STEPS
-        ):
-            raise ValueError(
-                f"steps must be a whole number from 1 to {MAX_STEPS:,}, got {self.steps!r}."
-            )
+        if self.steps is not None:
+            check_whole_number(self.steps, "steps", 1, MAX_STEPS)
         if self.minutes is not None:
             if isinstance(self.minutes, bool) or not isinstance(
                 self.minutes, (int, float, np.integer, np.floating)
@@ -190,12 +184,8 @@ class TrainConfig:
                     f"minutes must be from {MIN_MINUTES} (under a second trains nothing) to "
                     f"{MAX_MINUTES:,} (a week), got {self.minutes!r}."
                 )
-        if self.seed is not None and (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, (int, np.integer))
-            or not 0 <= self.seed <= MAX_SEED
-        ):
-            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}.")
+        if self.seed is not None:
+            check_whole_number(self.seed, "seed", 0, MAX_SEED)
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f'optimizer must be "adam" or "sgd", got {self.optimizer!r}.')
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -425,14 +415,14 @@ def train_generator(
     validation_data = validation_plane = None
     if validation is not None:
         images, label_planes = split_planes(*validation, channel_axis, validation_names)
-        # Score the first annotated plane, the one prepare_training_data keeps first.
-        first = next((i for i, plane in enumerate(label_planes) if plane.any()), 0)
-        validation_plane = (images[first], label_planes[first])
-        if not any(plane.any() for plane in label_planes):
+        labelled = [i for i, plane in enumerate(label_planes) if plane.any()]
+        if not labelled:
             raise ValueError(
                 f"{validation_names[1]} hold no labels (all pixels 0): paint or import the "
                 "objects of the validation image, or train without a validation pair."
             )
+        # Score the first annotated plane, the one prepare_training_data keeps first.
+        validation_plane = (images[labelled[0]], label_planes[labelled[0]])
         validation_data = prepare_training_data(
             [validation],
             task=task,

@@ -36,6 +36,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from napari_unet._reader import probability_maps
+from napari_unet._validation import NonFiniteImageError, check_finite
 from napari_unet._widgets._common import (
     Failure,
     UserError,
@@ -542,12 +543,12 @@ class _Session:
                 f"{image.name!r} has shape {shape}; segmentation needs 2D planes of at "
                 f"least 2x2 pixels."
             )
-        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
+        if isinstance(data, np.ndarray):
             # Checked here, before a layer is added; lazy images are checked as they are read.
-            raise UserError(
-                f"{image.name!r} holds NaN or infinite values; replace them (for example with "
-                "the background intensity, or 0) before segmenting."
-            )
+            try:
+                check_finite(data, repr(image.name))
+            except NonFiniteImageError as error:
+                raise UserError(str(error)) from error
         tile_size = choices.tile_size
         config = InferenceConfig(
             tile_shape=(tile_size, tile_size) if tile_size > 0 else None,
