@@ -63,6 +63,7 @@ def segmenter(result, config: InferenceConfig):
             postprocess=checkpoint.postprocess,
             normalization=checkpoint.normalization,
             config=config,
+            object_area=checkpoint.object_area,
         ).labels
 
     return segment

@@ -67,6 +67,7 @@ def main() -> None:
             postprocess=checkpoint.postprocess,
             normalization=checkpoint.normalization,
             config=InferenceConfig(device="cpu", precision=precision),
+            object_area=checkpoint.object_area,
         ).labels
 
     reps = -(-args.size // image.shape[0])

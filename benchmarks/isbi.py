@@ -80,6 +80,7 @@ def run(
             postprocess=settings,
             normalization=checkpoint.normalization,
             config=InferenceConfig(device=device),
+            object_area=checkpoint.object_area,
         )
         scores[f"{name}segment_s"] = time.perf_counter() - start
         predicted = np.asarray(prediction.labels)

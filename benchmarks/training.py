@@ -123,6 +123,7 @@ def run(
         postprocess=checkpoint.postprocess,
         normalization=checkpoint.normalization,
         config=InferenceConfig(device=device, tta=tta),
+        object_area=checkpoint.object_area,
     )
     seconds = time.perf_counter() - start
     scores = score(labels[SPLIT:], prediction.labels)

@@ -19,6 +19,7 @@ import tifffile
 
 from napari_unet import cli
 from napari_unet.checkpoint import load_checkpoint
+from napari_unet.scaling import median_object_area
 from napari_unet.synthetic import make_touching_nuclei
 from napari_unet.weights import boundary_weight_map
 
@@ -197,6 +198,16 @@ def test_train_with_the_paper_head_and_segment_with_labelling_options(data, tmp_
     )
     assert status == 0, err
     assert (tifffile.imread(tmp_path / "tiled" / "image2.tif") > 0).all()
+    assert checkpoint.object_area == pytest.approx(
+        median_object_area(tifffile.imread(data["labels1"]))
+    )
+    # The model's object size, given: the image is resampled, its labels keep its shape.
+    status, _, err = run_main(
+        ["segment", model, data["image2"], "-o", tmp_path / "sized", "--object-diameter", "8"]
+    )
+    assert status == 0, err
+    sized = tifffile.imread(tmp_path / "sized" / "image2.tif")
+    assert sized.shape == tifffile.imread(data["image2"]).shape and sized.any()
 
 
 @pytest.mark.parametrize(

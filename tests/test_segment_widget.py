@@ -21,7 +21,9 @@ from napari_unet._widgets.segment import FILE_CHOICE
 from napari_unet.checkpoint import Checkpoint, save_checkpoint
 from napari_unet.inference import InferenceConfig, predict, tile_starts
 from napari_unet.model import UNet, UNetConfig
+from napari_unet.scaling import area_of_diameter
 from napari_unet.synthetic import make_touching_nuclei
+from napari_unet.tasks import Postprocess
 
 TIMEOUT_MS = 60_000  # generous: the test machine is small and shared
 
@@ -728,3 +730,62 @@ def test_paper_head_settings_that_cannot_seed_are_refused(
     (message,) = errors(notifications)
     assert "raise the seed threshold" in message
     assert len(viewer.layers) == 1  # no empty result layer left behind
+
+
+def test_object_diameter_brings_the_image_to_the_models_object_size(
+    make_napari_viewer, qtbot, nuclei, monkeypatch
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    # A model of objects twice as wide as the 12 px the user types: the image is doubled.
+    # Its "network" sees the normalised image as the foreground, so objects are the nuclei.
+    checkpoint = dataclasses.replace(
+        tiny_checkpoint(),
+        object_area=area_of_diameter(24.0),
+        postprocess=Postprocess(threshold=0.3, seed_threshold=0.6),
+    )
+    border = checkpoint.model_config.border
+
+    def image_as_foreground(tile):
+        crop = np.clip(tile[0, border:-border, border:-border], 0.0, 1.0)
+        return np.stack([1.0 - crop, crop]).astype(np.float32)
+
+    real = segment_module.predict_generator
+    monkeypatch.setattr(
+        segment_module,
+        "predict_generator",
+        lambda *args, **kwargs: real(*args, predictor=image_as_foreground, **kwargs),
+    )
+
+    def reference(**settings):
+        return predict(
+            checkpoint.build_model(),
+            nuclei,
+            task=checkpoint.task,
+            postprocess=dataclasses.replace(checkpoint.postprocess, **settings),
+            normalization=checkpoint.normalization,
+            config=InferenceConfig(tile_shape=(48, 48), device="cpu", object_diameter=12.0),
+            object_area=checkpoint.object_area,
+            predictor=image_as_foreground,
+        ).labels
+
+    trained_models.add(checkpoint, "sized model")
+    gui = open_widget(viewer)
+    run_and_wait(qtbot, gui, tile_size=48, object_diameter=12.0)
+    session = session_of(gui)
+    assert session.kept.scales == [pytest.approx(2.0)]
+    output = viewer.layers[-1]
+    first = reference()
+    assert output.data.shape == nuclei.shape and first.max() > 5
+    np.testing.assert_array_equal(output.data, first)
+
+    # Re-labelled without the network, the smallest object is taken at the model's
+    # scale: 4x the median object's area there is the median area here.
+    smallest = 4 * int(np.median(np.bincount(first.ravel())[1:]))
+    expected_labels = reference(min_size=smallest)
+    as_if_unscaled = checkpoint.task.label_plane(
+        session.kept.maps, dataclasses.replace(checkpoint.postprocess, min_size=smallest)
+    )
+    assert as_if_unscaled.max() < expected_labels.max() < first.max()
+    session.labelling.min_size.value = smallest
+    qtbot.waitUntil(lambda: np.array_equal(output.data, expected_labels), timeout=TIMEOUT_MS)

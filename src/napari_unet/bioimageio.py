@@ -446,6 +446,7 @@ def _checkpoint_from(
             class_names=tuple(str(name) for name in settings["class_names"]),
             normalization=Normalization.from_dict(settings["normalization"]),
             metadata={**dict(settings.get("metadata") or {}), "loaded_from": "bioimageio"},
+            object_area=settings.get("object_area"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise _damaged(path, error) from error

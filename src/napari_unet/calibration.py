@@ -73,6 +73,7 @@ def calibrate(
     object_areas: np.ndarray | None = None,
     *,
     start: Postprocess | None = None,
+    scales: Sequence[float] | None = None,
 ) -> Calibration:
     """Find the labelling settings that best reproduce ``truths`` from ``maps``.
 
@@ -97,6 +98,11 @@ def calibrate(
     start : Postprocess, optional
         Settings to compare with (default: the task's); ``tessellate`` is
         kept from it.
+    scales : sequence of float, optional
+        Per plane, the factor its image was resampled by to reach the model's
+        object size (``Prediction.scales``); the size limits are chosen at the
+        model's scale and applied to each plane at its own
+        (:meth:`~napari_unet.tasks.Postprocess.at_scale`). Default: all 1.
 
     Returns
     -------
@@ -107,6 +113,9 @@ def calibrate(
         raise ValueError(f"Only instance tasks have labelling settings; got {task.name!r}.")
     if len(maps) != len(truths) or not maps:
         raise ValueError("Give one truth per map, and at least one.")
+    scales = list(scales) if scales is not None else [1.0] * len(maps)
+    if len(scales) != len(maps):
+        raise ValueError(f"Give one scale per map: got {len(scales)} for {len(maps)}.")
     start = start or task.default_postprocess
     if object_areas is None or len(object_areas) == 0:
         object_areas = np.concatenate([np.bincount(t.ravel().astype(np.intp))[1:] for t in truths])
@@ -118,11 +127,13 @@ def calibrate(
     def scores(settings: Postprocess) -> np.ndarray:
         """Mean AP@0.5 of ``settings`` with each smallest object size."""
         totals = np.zeros(len(min_sizes))
-        for plane_maps, truth in zip(maps, truths, strict=True):
-            labels = np.asarray(task.label_plane(plane_maps, replace(settings, min_size=0)))
+        for plane_maps, truth, scale in zip(maps, truths, scales, strict=True):
+            plane_settings = replace(settings, min_size=0).at_scale(scale)
+            labels = np.asarray(task.label_plane(plane_maps, plane_settings))
             sizes = np.bincount(labels.ravel().astype(np.intp))
             for index, smallest in enumerate(min_sizes):
-                kept = labels if smallest == 0 else np.where(sizes[labels] >= smallest, labels, 0)
+                here = round(smallest / scale**2)
+                kept = labels if here == 0 else np.where(sizes[labels] >= here, labels, 0)
                 totals[index] += match_instances(truth, kept, 0.5).average_precision
         return totals / len(maps)
 
@@ -155,8 +166,10 @@ def calibrate(
     default_score = float(
         np.mean(
             [
-                match_instances(truth, task.label_plane(plane_maps, start), 0.5).average_precision
-                for plane_maps, truth in zip(maps, truths, strict=True)
+                match_instances(
+                    truth, task.label_plane(plane_maps, start.at_scale(scale)), 0.5
+                ).average_precision
+                for plane_maps, truth, scale in zip(maps, truths, scales, strict=True)
             ]
         )
     )

@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+#: Bounds of a stored object area (pixels): anything else is a damaged file.
+MIN_OBJECT_AREA, MAX_OBJECT_AREA = 1.0, 1e8
 _MAGIC = "napari-unet-segmentation checkpoint"
 Mode = Literal["instances", "semantic"]
 
@@ -82,6 +84,11 @@ class Checkpoint:
         How input intensities were scaled during training.
     metadata : dict
         JSON-like training information (shapes, steps, losses, date, version).
+    object_area : float, optional
+        Instance models: the median object area (pixels) the training planes
+        were resampled to (:mod:`napari_unet.scaling`); images are brought to
+        it before segmentation. None: the model segments images as they are
+        (semantic models, and files from before object sizes were kept).
     """
 
     model_config: UNetConfig
@@ -92,10 +99,24 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     head: str | None = None
     postprocess: Postprocess | None = None
+    object_area: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("instances", "semantic"):
             raise ValueError(f'mode must be "instances" or "semantic", got {self.mode!r}.')
+        if self.object_area is not None:
+            if self.mode != "instances":
+                raise ValueError("Only instance models have an object size.")
+            if not (
+                isinstance(self.object_area, (int, float))
+                and not isinstance(self.object_area, bool)
+                and MIN_OBJECT_AREA <= self.object_area <= MAX_OBJECT_AREA
+            ):
+                raise ValueError(
+                    f"object_area must be a pixel area from {MIN_OBJECT_AREA} to "
+                    f"{MAX_OBJECT_AREA:,}, got {self.object_area!r}."
+                )
+            self.object_area = float(self.object_area)
         if self.mode == "instances" and self.head is None:
             self.head = "paper"  # files from before heads existed
         task = self.task
@@ -169,6 +190,7 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         ),
         "class_names": list(checkpoint.class_names),
         "normalization": checkpoint.normalization.to_dict(),
+        "object_area": checkpoint.object_area,
         "metadata": metadata,
         "state_dict": checkpoint.state_dict,
     }
@@ -221,6 +243,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             class_names=tuple(payload["class_names"]),
             normalization=Normalization.from_dict(payload["normalization"]),
             metadata=dict(payload.get("metadata", {})),
+            object_area=payload.get("object_area"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} has a damaged model description: {error}") from error

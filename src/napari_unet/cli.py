@@ -353,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test-time augmentation: average the 8 flips and rotations (8x slower)",
     )
+    labelling.add_argument(
+        "--object-diameter",
+        type=_object_diameter,
+        default="auto",
+        metavar="PX|auto|off",
+        help="typical object diameter in the images, in pixels: each image is resampled so "
+        "that its objects have the size the model was trained at. 'auto' (default) "
+        "estimates it per image (a second pass only where it differs); 'off' segments "
+        "every image at its own scale. Block-wise (large-image) segmentation uses the "
+        "images' own scale.",
+    )
     large = segment.add_argument_group(
         "large images",
         "Zarr stores and OME-Zarr images (and TIFFs with --workers or --scheduler) are read "
@@ -1010,6 +1021,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             normalization=checkpoint.normalization,
             config=config,
             return_probabilities=args.probabilities,
+            object_area=checkpoint.object_area,
         )
         n_planes = ImagePlanes(image, channel_axis).n_planes
         with _progress_bar(Path(image_path).name, "tile") as bar:
@@ -1080,9 +1092,22 @@ def _inference_config(args: argparse.Namespace) -> Any:
             seed_threshold=args.seed_threshold,
             min_size=args.min_size,
             tta=args.tta,
+            object_diameter=args.object_diameter,
         )
     except ValueError as error:
         raise UsageError(_one_line(error)) from error
+
+
+def _object_diameter(text: str) -> float | str:
+    """``--object-diameter``: "auto", "off" or a number of pixels."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'off' or a diameter in pixels, got {text!r}"
+        ) from None
 
 
 def _postprocess(args: argparse.Namespace, checkpoint: Any) -> Any:

@@ -257,6 +257,12 @@ def segment_to_zarr_generator(
         if task.name == model.task.name:
             class_names = model.class_names
             postprocess = postprocess or model.postprocess
+        if model.object_area is not None and config.object_diameter != "off":
+            logger.info(
+                "Block-wise segmentation keeps the image's own scale; the model's object "
+                "size (%.0f px) is not applied (predict() resamples in-memory images).",
+                model.object_area,
+            )
     elif isinstance(model, UNet):
         model_config, network = model.config, model
         state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}

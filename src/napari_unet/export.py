@@ -263,6 +263,12 @@ def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
             checkpoint.postprocess.to_dict() if checkpoint.postprocess is not None else None
         ),
         "postprocessing": _postprocessing_text(checkpoint),
+        "object_area": (
+            f"{checkpoint.object_area:.0f} pixels: the median object area the network was "
+            "trained at; resample images so that their objects have about this area"
+            if checkpoint.object_area is not None
+            else "none: images are used at their own scale"
+        ),
         "class_names": json.dumps(list(checkpoint.class_names)),
         "model_config": json.dumps(config.to_dict()),
         "citation": f"{CITATION['text']} doi:{CITATION['doi']}",
@@ -858,6 +864,7 @@ def _description(
                 ),
                 "class_names": list(checkpoint.class_names),
                 "normalization": normalization.to_dict(),
+                "object_area": checkpoint.object_area,
                 "state_dict": _FILES["state_dict"],
                 "metadata": _plain(metadata),
             },

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,15 @@ from napari_unet.device import (
 )
 from napari_unet.model import UNet
 from napari_unet.normalization import Normalization
+from napari_unet.scaling import (
+    MAX_FACTOR,
+    area_of_diameter,
+    median_object_area,
+    resize_image,
+    resize_maps,
+    scale_factor,
+    scaled_shape,
+)
 from napari_unet.tasks import Postprocess, Task, get_task, with_overrides
 
 __all__ = [
@@ -92,6 +101,12 @@ class InferenceConfig:
         Test-time augmentation: average the probabilities of the 8 flips and
         rotations of every tile (8x the time; the result does not depend on
         the tiling).
+    object_diameter : float or {"auto", "off"}
+        Instance models that know their object size (:mod:`napari_unet.scaling`):
+        the typical object diameter in the image, in pixels, so that the image
+        is resampled to the model's object size; "auto" estimates it per plane
+        (a plane whose objects already have the model's size is segmented
+        once); "off" segments every image at its own scale.
     device : str
         "auto", "cpu", "cuda" or "mps".
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -105,6 +120,7 @@ class InferenceConfig:
     min_seed_size: int | None = None
     min_size: int | None = None
     tta: bool = False
+    object_diameter: float | str = "auto"
     device: str = "auto"
     precision: Precision = "auto"
 
@@ -118,6 +134,15 @@ class InferenceConfig:
         self.postprocess(Postprocess())  # checks the overrides
         if not isinstance(self.tta, bool):
             raise TypeError(f"tta must be True or False, got {self.tta!r}.")
+        if self.object_diameter not in ("auto", "off") and not (
+            isinstance(self.object_diameter, (int, float, np.integer, np.floating))
+            and not isinstance(self.object_diameter, bool)
+            and 1.0 <= self.object_diameter <= 10_000.0
+        ):
+            raise ValueError(
+                'object_diameter must be "auto", "off" or a diameter in pixels from 1 to '
+                f"10,000, got {self.object_diameter!r}."
+            )
         if not isinstance(self.device, str) or self.device.split(":")[0] not in DEVICE_CHOICES:
             raise ValueError(
                 f"device must be one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N'), "
@@ -153,6 +178,9 @@ class TileResult:
         Rows and columns of the plane covered by ``probabilities``.
     probabilities : numpy.ndarray
         ``(n_classes, h, w)`` class probabilities of the region.
+    scale : float
+        The factor the plane was resampled by for this pass (1.0: as it is);
+        a plane brought to the model's object size runs a second pass.
     """
 
     plane: int
@@ -160,6 +188,7 @@ class TileResult:
     count: int
     region: tuple[slice, slice]
     probabilities: np.ndarray
+    scale: float = 1.0
 
 
 @dataclass
@@ -175,11 +204,17 @@ class Prediction:
         ``(..., n_classes, H, W)`` probabilities when requested.
     completed : bool
         False when inference was stopped early; tiles not reached are 0.
+    scales : list of float
+        Per plane, the factor the plane was resampled by to bring its objects
+        to the model's object size (1.0: segmented at its own scale). The
+        labelling sizes apply at that scale: label the kept maps again with
+        ``postprocess.at_scale(scale)``.
     """
 
     labels: Any
     probabilities: Any | None
     completed: bool = True
+    scales: list[float] = field(default_factory=list)
 
 
 class ImagePlanes:
@@ -520,6 +555,7 @@ def predict_generator(
     probabilities_out: Any | None = None,
     should_stop: Callable[[], bool] | None = None,
     predictor: Predictor | None = None,
+    object_area: float | None = None,
 ) -> Generator[TileResult, None, Prediction]:
     """Segment an image or a stack tile by tile; yield tiles, return the result.
 
@@ -554,6 +590,10 @@ def predict_generator(
         Polled before every tile; inference then stops and returns what is done.
     predictor : callable, optional
         Replaces the model's forward pass (for tests and custom back ends).
+    object_area : float, optional
+        The median object area the model was trained at
+        (``checkpoint.object_area``); with it, ``config.object_diameter``
+        resamples each plane to that size (:mod:`napari_unet.scaling`).
 
     Yields
     ------
@@ -605,46 +645,151 @@ def predict_generator(
         predictor = test_time_augmented(predictor)
     logger.info("Tiling %s with output tiles of %s (border %d)", spatial, tile_shape, border)
 
+    rescaling = task.instances and object_area is not None and config.object_diameter != "off"
     completed = True
+    scales: list[float] = []
     for plane in range(planes.n_planes):
         index = np.unravel_index(plane, planes.plane_shape) if planes.plane_shape else ()
         low, high = normalization.statistics(planes.plane_view(plane))
-        maps = np.zeros((len(task.map_names), *spatial), np.float32) if task.instances else None
-        tiles = tiled_predict(
-            planes,
-            plane,
-            predictor,
-            border=border,
-            tile_shape=tile_shape,
-            align=model_config.size_step,
-            prepare=lambda tile, low=low, high=high: Normalization.apply(tile, low, high),
-            should_stop=should_stop,
-        )
+        factor, passes = 1.0, 1
+        if rescaling and config.object_diameter == "auto":
+            passes = MAX_PASSES
+        elif rescaling:
+            factor = scale_factor(area_of_diameter(float(config.object_diameter)), object_area)
+        factor = factor if _fits_resampled(spatial, factor) else 1.0
         while True:
-            try:
-                result = next(tiles)
-            except StopIteration as stop:
-                completed = bool(stop.value)
+            run = _ScaledPass(planes, plane, factor, task, probabilities is not None)
+            tiles = tiled_predict(
+                run.planes,
+                run.plane,
+                predictor,
+                border=border,
+                tile_shape=tile_shape
+                if factor == 1.0
+                else tile_geometry(model_config, config, run.spatial)[0],
+                align=model_config.size_step,
+                prepare=lambda tile, low=low, high=high: Normalization.apply(tile, low, high),
+                should_stop=should_stop,
+            )
+            while True:
+                try:
+                    result = next(tiles)
+                except StopIteration as stop:
+                    completed = bool(stop.value)
+                    break
+                run.keep(result)
+                if factor == 1.0 and not task.instances:
+                    labels[(*index, *result.region)] = task.tile_labels(result.probabilities)
+                if factor == 1.0 and probabilities is not None:
+                    probabilities[(*index, slice(None), *result.region)] = result.probabilities
+                yield run.in_image(result, spatial)
+            passes -= 1
+            if not completed or passes == 0:
                 break
-            rows, cols = result.region
-            if maps is not None:
-                maps[:, rows, cols] = task.tile_maps(result.probabilities)
-            else:
-                labels[(*index, rows, cols)] = task.tile_labels(result.probabilities)
-            if probabilities is not None:
-                probabilities[(*index, slice(None), rows, cols)] = result.probabilities
-            yield result
-        if maps is not None:
+            # Estimate the object size from this pass's objects, taken at the model's
+            # scale; without the smallest-object rule, which assumes that scale.
+            found = task.label_plane(run.maps, replace(settings, min_size=0))
+            step = scale_factor(median_object_area(np.asarray(found)), object_area)
+            better = float(np.clip(factor * step, 1.0 / MAX_FACTOR, MAX_FACTOR))
+            if better == factor or not _fits_resampled(spatial, better):
+                break
+            factor = better
+        scales.append(factor)
+        if factor != 1.0 and probabilities is not None and run.probabilities is not None:
+            probabilities[(*index, slice(None))] = resize_maps(run.probabilities, spatial)
+        if run.maps is not None:
+            maps = run.maps if factor == 1.0 else resize_maps(run.maps, spatial)
             # Label straight into a numpy (or memory-mapped) output: one full-plane
             # copy less, and label_instances checks that the dtype holds every id.
             in_place = labels[index] if isinstance(labels, np.ndarray) else None
-            plane_labels = task.label_plane(maps, settings, out=in_place)
+            plane_labels = task.label_plane(maps, settings.at_scale(factor), out=in_place)
             if in_place is None:
                 labels[index] = plane_labels
             del maps, plane_labels
+        del run
         if not completed:
             break
-    return Prediction(labels=labels, probabilities=probabilities, completed=completed)
+    return Prediction(
+        labels=labels, probabilities=probabilities, completed=completed, scales=scales
+    )
+
+
+#: With an estimated object size, at most this many passes of the network per plane.
+MAX_PASSES = 3
+#: Planes are resampled in memory; beyond this many pixels they keep their own scale.
+MAX_RESAMPLED_PIXELS = 1 << 26
+
+
+def _fits_resampled(spatial: tuple[int, int], factor: float) -> bool:
+    """Whether a plane can be resampled by ``factor`` in memory (else: logged)."""
+    if factor == 1.0:
+        return True
+    height, width = scaled_shape(spatial, factor)
+    if max(height * width, spatial[0] * spatial[1]) <= MAX_RESAMPLED_PIXELS:
+        return True
+    logger.warning(
+        "A %dx%d plane resampled by %.2f would not fit in memory; it is segmented at its "
+        "own scale.",
+        *spatial,
+        factor,
+    )
+    return False
+
+
+class _ScaledPass:
+    """One pass of the network over a plane resampled by ``factor`` (1.0: as it is).
+
+    Keeps the instance maps (and, when asked, the probabilities) of the pass at
+    its own scale, and maps its tiles back onto the image for streaming.
+    """
+
+    def __init__(
+        self, planes: ImagePlanes, plane: int, factor: float, task: Task, keep_probabilities: bool
+    ) -> None:
+        self.factor, self.task, self.image_plane = factor, task, plane
+        if factor == 1.0:
+            self.planes, self.plane = planes, plane
+        else:
+            whole = planes.read_mirrored(plane, 0, 0, planes.height, planes.width)
+            shape = scaled_shape((planes.height, planes.width), factor)
+            self.planes, self.plane = ImagePlanes(resize_image(whole, shape), channel_axis=0), 0
+        self.spatial = (self.planes.height, self.planes.width)
+        self.maps = (
+            np.zeros((len(task.map_names), *self.spatial), np.float32) if task.instances else None
+        )
+        self.probabilities: np.ndarray | None = None
+        self._keep_probabilities = keep_probabilities and factor != 1.0
+
+    def keep(self, result: TileResult) -> None:
+        rows, cols = result.region
+        if self.maps is not None:
+            self.maps[:, rows, cols] = self.task.tile_maps(result.probabilities)
+        if self._keep_probabilities:
+            if self.probabilities is None:
+                self.probabilities = np.zeros(
+                    (len(result.probabilities), *self.spatial), np.float32
+                )
+            self.probabilities[:, rows, cols] = result.probabilities
+
+    def in_image(self, result: TileResult, spatial: tuple[int, int]) -> TileResult:
+        """Return the tile where it lies in the image (resampled when the pass is)."""
+        if self.factor == 1.0:
+            return result
+        rows, cols = result.region
+        factor = self.factor
+        region = tuple(
+            slice(math.floor(part.start / factor), min(size, math.ceil(part.stop / factor)))
+            for part, size in zip((rows, cols), spatial, strict=True)
+        )
+        shape = (region[0].stop - region[0].start, region[1].stop - region[1].start)
+        return TileResult(
+            self.image_plane,
+            result.index,
+            result.count,
+            region,
+            resize_maps(result.probabilities, shape),
+            factor,
+        )
 
 
 def predict(model: UNet, image: Any, **kwargs: Any) -> Prediction:

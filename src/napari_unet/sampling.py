@@ -25,6 +25,7 @@ from napari_unet.augment import random_displacement_field, spline_coefficients, 
 from napari_unet.inference import ImagePlanes
 from napari_unet.metrics import compact_ids
 from napari_unet.normalization import Normalization
+from napari_unet.scaling import median_object_area, model_object_area, object_areas
 from napari_unet.tasks import Task, get_task, task_for
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class TrainingData:
     shapes: list[tuple[int, ...]]
     #: Pixel areas of the annotated objects (instance tasks), for the size prior.
     object_areas: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: Instance tasks: the object area of the planes (:mod:`napari_unet.scaling`).
+    object_area: float | None = None
 
     @property
     def n_pixels(self) -> int:
@@ -202,7 +205,7 @@ def prepare_training_data(
             )
     else:
         n_classes = task.n_classes(0)
-    samples, shapes, areas = [], [], []
+    samples, shapes, areas, plane_areas = [], [], [], []
     for plane_image, plane_labels, plane_mask in planes:
         sample = _make_sample(
             plane_image, plane_labels, plane_mask, task, n_classes, normalization, w0, sigma
@@ -211,7 +214,8 @@ def prepare_training_data(
             samples.append(sample)
             shapes.append(plane_image.shape)
             if task.instances:
-                areas.append(_object_areas(plane_labels, plane_mask))
+                areas.append(object_areas(plane_labels, plane_mask))
+                plane_areas.append(median_object_area(plane_labels, plane_mask))
     if not samples:
         raise ValueError(
             "No annotation found: every label plane is empty. Paint some objects (or, in "
@@ -224,6 +228,7 @@ def prepare_training_data(
         task,
         shapes,
         np.concatenate(areas) if areas else np.zeros(0, np.int64),
+        model_object_area(plane_areas) if any(plane_areas) else None,
     )
 
 
@@ -243,16 +248,6 @@ def _check_looks_like_labels(labels: np.ndarray, name: str) -> None:
             f"{patches} separate patches, where each object should be one patch. Was the "
             "image given as the labels? Give the image first and the labels second."
         )
-
-
-def _object_areas(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Pixel areas of the objects that lie wholly inside the annotated region."""
-    counts = np.bincount(labels.ravel().astype(np.intp))
-    if mask is not None:
-        outside = np.unique(labels[~mask])
-        counts[outside] = 0
-    counts[0] = 0
-    return counts[counts > 0]
 
 
 def _make_sample(

@@ -130,6 +130,20 @@ class Postprocess:
         if self.tessellate and self.seed_threshold is None:
             raise ValueError("tessellate needs a seed_threshold: the objects grow from seeds.")
 
+    def at_scale(self, factor: float) -> Postprocess:
+        """Return these settings for maps resampled by ``1 / factor`` (sizes are areas).
+
+        A model labels at its own object size; an image resampled by ``factor``
+        to reach it has objects ``factor**2`` times smaller in area.
+        """
+        if factor == 1.0:
+            return self
+        return replace(
+            self,
+            min_seed_size=round(self.min_seed_size / factor**2),
+            min_size=round(self.min_size / factor**2),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as plain JSON-like values (for checkpoints)."""
         return asdict(self)

@@ -479,7 +479,9 @@ def train_generator(
             ]
             where = f"{len(planes)} training plane(s) (too few objects to hold any out)"
         if planes:
-            calibration = calibrate_on(model, task, planes, data.object_areas, normalization)
+            calibration = calibrate_on(
+                model, task, planes, data.object_areas, normalization, data.object_area
+            )
             postprocess = calibration.postprocess
             yield TrainingMessage(
                 result.steps,
@@ -493,6 +495,7 @@ def train_generator(
         postprocess=postprocess,
         class_names=initial.class_names if initial is not None else (),
         normalization=normalization,
+        object_area=data.object_area,
         metadata={
             "calibration": (
                 {
@@ -639,16 +642,19 @@ def calibrate_on(
     planes: Sequence[tuple[np.ndarray, np.ndarray, slice]],
     object_areas: np.ndarray,
     normalization: Normalization,
+    object_area: float | None = None,
     device: str = "cpu",
 ) -> Calibration:
     """Segment ``(C, H, W)`` image planes once and calibrate the labelling on their labels.
 
     Each plane comes with the rows to score: the whole plane is segmented (for
-    context), the maps and labels of those rows are compared.
+    context), the maps and labels of those rows are compared. Planes are
+    segmented as a user's images will be: brought to the model's
+    ``object_area`` when it has one, so the size limits found apply there.
     """
-    maps = []
+    maps, scales = [], []
     for image, _, rows in planes:
-        probabilities = predict(
+        prediction = predict(
             model,
             image,
             channel_axis=0,
@@ -657,9 +663,15 @@ def calibrate_on(
             # The precision segmentation will use ("auto"), so the settings fit its maps.
             config=InferenceConfig(device=device),
             return_probabilities=True,
-        ).probabilities
-        maps.append(task.tile_maps(np.asarray(probabilities))[:, rows])
-    return calibrate(task, maps, [labels[rows] for _, labels, rows in planes], object_areas)
+            object_area=object_area,
+        )
+        maps.append(task.tile_maps(np.asarray(prediction.probabilities))[:, rows])
+        scales.append(prediction.scales[0])
+    if object_area is not None:
+        object_areas = np.array([object_area])  # sizes are relative to the model's objects
+    return calibrate(
+        task, maps, [labels[rows] for _, labels, rows in planes], object_areas, scales=scales
+    )
 
 
 def _train_loop(
@@ -764,6 +776,7 @@ def _train_loop(
                     task=data.task,
                     normalization=normalization,
                     config=InferenceConfig(device=str(device), precision="fp32"),
+                    object_area=data.object_area,
                 ).labels
                 yield TrainingPreview(step, np.asarray(labels))
                 model.train()

@@ -159,6 +159,7 @@ class _Choices:
     tile_size: int
     zarr_folder: Path | None = None
     tta: bool = False
+    object_diameter: float = 0.0  # 0: estimated per plane
 
 
 @dataclass
@@ -183,8 +184,10 @@ class _Job:
     stop_event: threading.Event = field(default_factory=threading.Event)
     tiles: Generator[Any, None, Any] | None = None
     started_at: float = field(default_factory=time.perf_counter)
-    # An in-memory instance result's maps, kept for re-labelling without the network.
+    # An in-memory instance result's maps, kept for re-labelling without the network,
+    # and the factor each plane was resampled by (its labelling sizes scale with it).
     maps: np.ndarray | None = None
+    scales: list[float] = field(default_factory=list)
 
     @property
     def plane_shape(self) -> tuple[int, ...]:
@@ -216,8 +219,10 @@ def _predict(job: _Job) -> Generator[TileResult, None, Prediction]:
         # An instance result keeps its maps, so that it can be labelled again live.
         return_probabilities=job.probabilities or task.instances,
         should_stop=job.stop_event.is_set,
+        object_area=job.checkpoint.object_area,
     )
     result = yield from job.tiles
+    job.scales = result.scales
     if task.instances and result.probabilities is not None:
         # (..., K, H, W) probabilities -> (..., n_maps, H, W) maps, in this thread.
         probabilities = np.asarray(result.probabilities)
@@ -240,12 +245,16 @@ def _settings_problem(checkpoint: Checkpoint, settings: Postprocess | None) -> s
     return ""
 
 
-def _relabel(task: Any, maps: np.ndarray, settings: Postprocess) -> np.ndarray:
-    """Label every plane of kept ``(..., n_maps, H, W)`` maps with ``settings`` (a worker)."""
+def _relabel(task: Any, maps: np.ndarray, settings: Postprocess, scales: list[float]) -> np.ndarray:
+    """Label every plane of kept ``(..., n_maps, H, W)`` maps with ``settings`` (a worker).
+
+    Each plane's sizes are taken at the scale its objects were found at.
+    """
     plane_shape = maps.shape[:-3]
     labels = np.zeros((*plane_shape, *maps.shape[-2:]), dtype=labels_dtype(task))
-    for index in np.ndindex(*plane_shape):
-        task.label_plane(maps[index], settings, out=labels[index])
+    for plane, index in enumerate(np.ndindex(*plane_shape)):
+        scale = scales[plane] if plane < len(scales) else 1.0
+        task.label_plane(maps[index], settings.at_scale(scale), out=labels[index])
     return labels
 
 
@@ -553,6 +562,7 @@ class _Session:
         config = InferenceConfig(
             tile_shape=(tile_size, tile_size) if tile_size > 0 else None,
             tta=choices.tta,
+            object_diameter=choices.object_diameter or "auto",
             device=str(resolved),
         )
         out_placement = placement(image, len(out_shape), channel_axis)
@@ -628,6 +638,8 @@ class _Session:
             self.status.value = (
                 f"plane {tile.plane + 1}/{job.n_planes}, tile {tile.index + 1}/{tile.count}"
             )
+            if tile.scale != 1.0:
+                self.status.value += f" (resampled x{tile.scale:.2f} to the model's object size)"
 
     def _shows_plane(self, index: tuple[int, ...]) -> bool:
         """Whether the viewer's current 2D slice may show plane ``index`` of the output.
@@ -788,7 +800,12 @@ class _Session:
             self.status.value = problem
             return None
         worker = create_worker(
-            _relabel, kept.checkpoint.task, kept.maps, settings, _start_thread=False
+            _relabel,
+            kept.checkpoint.task,
+            kept.maps,
+            settings,
+            kept.scales,
+            _start_thread=False,
         )
         worker.returned.connect(self.relabel_slot.if_open(self._show_relabelled))
         self.status.value = "Labelling the objects again…"
@@ -871,6 +888,16 @@ def _init_widget(gui: FunctionGui) -> None:
         "max": 16384,
         "tooltip": "Output tile side in pixels; smaller tiles need less memory.",
     },
+    object_diameter={
+        "label": "object diameter (px, 0 = auto)",
+        "min": 0.0,
+        "max": 10000.0,
+        "step": 1.0,
+        "tooltip": "Typical diameter of the objects in this image. The image is resampled so "
+        "that its objects have the size the model was trained at; 0 estimates it from a "
+        "first pass (a second pass runs only where the size differs). Images segmented "
+        "block by block into a zarr store keep their own scale.",
+    },
     tta={
         "label": "test-time augmentation",
         "tooltip": "Average the 8 flips and rotations of every tile: often a little more "
@@ -892,6 +919,7 @@ def segment_widget(
     device: str = "auto",
     probabilities: bool = False,
     tile_size: int = 0,
+    object_diameter: float = 0.0,
     tta: bool = False,
     zarr_folder: Path = Path(),
     session: _Session | None = None,
@@ -914,6 +942,9 @@ def segment_widget(
         Also add the probabilities as Image layers.
     tile_size : int
         Output tile side in pixels; 0 chooses it automatically.
+    object_diameter : float
+        Typical object diameter in pixels, to bring the image to the model's
+        object size; 0 estimates it per plane (:mod:`napari_unet.scaling`).
     tta : bool
         Test-time augmentation: average the 8 flips and rotations.
     zarr_folder : pathlib.Path
@@ -931,5 +962,15 @@ def segment_widget(
     """
     if session is None:
         raise RuntimeError("segment_widget must be created with its widget_init.")
-    choices = _Choices(image, model, model_file, device, probabilities, tile_size, zarr_folder, tta)
+    choices = _Choices(
+        image,
+        model,
+        model_file,
+        device,
+        probabilities,
+        tile_size,
+        zarr_folder,
+        tta,
+        object_diameter,
+    )
     return session.run(viewer, choices)
