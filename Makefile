@@ -51,6 +51,7 @@ bench: venv
 	$(PY) benchmarks/inference_memory.py --size 4096
 	$(PY) benchmarks/dask_cluster.py --size 4096 --workers 4
 	$(PY) benchmarks/data_pipeline.py --steps 50 --repeats 1
+	$(PY) benchmarks/compile.py --steps 10 --repeats 1
 	$(PY) benchmarks/training.py --minutes 1
 	$(PY) benchmarks/ablation.py --minutes 1
 	$(PY) benchmarks/isbi.py --minutes 1
@@ -67,6 +68,7 @@ bench-full: venv
 	$(PY) benchmarks/inference_memory.py --size 8192
 	$(PY) benchmarks/dask_cluster.py --size 8192 --workers 4 --repeats 3
 	$(PY) benchmarks/data_pipeline.py --steps 150 --repeats 3
+	$(PY) benchmarks/compile.py --steps 60 --repeats 3
 	$(PY) benchmarks/training.py --minutes 1 2 5 --repeats 3 --plot docs/images/training-time-to-accuracy.png
 	$(PY) benchmarks/ablation.py --minutes 5 --repeats 3
 	$(PY) benchmarks/isbi.py --minutes 5 20 --repeats 3
