@@ -25,7 +25,7 @@ from napari_unet.augment import random_displacement_field, spline_coefficients, 
 from napari_unet.inference import ImagePlanes
 from napari_unet.metrics import compact_ids
 from napari_unet.normalization import Normalization
-from napari_unet.scaling import median_object_area, model_object_area, object_areas
+from napari_unet.scaling import model_object_area, object_areas, typical_area
 from napari_unet.tasks import Task, get_task, task_for
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ def prepare_training_data(
             shapes.append(plane_image.shape)
             if task.instances:
                 areas.append(object_areas(plane_labels, plane_mask))
-                plane_areas.append(median_object_area(plane_labels, plane_mask))
+                plane_areas.append(typical_area(areas[-1]))
     if not samples:
         raise ValueError(
             "No annotation found: every label plane is empty. Paint some objects (or, in "

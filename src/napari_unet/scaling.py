@@ -15,7 +15,7 @@ worse on DSB 2018 than learning from all scales; see docs/benchmarks.md).
 The rule, in one place:
 
 - a plane's object area is the area of the object that holds its median
-  object pixel (:func:`median_object_area`: a median weighted by area, which
+  object pixel (:func:`typical_area`: a median weighted by area, which
   specks of noise in a prediction barely move);
 - the model's object area is the median over its training planes of each
   plane's object area;
@@ -57,6 +57,7 @@ __all__ = [
     "resize_maps",
     "scale_factor",
     "scaled_shape",
+    "typical_area",
 ]
 
 #: Planes whose factor is within 2**±DEADBAND are used as they are.
@@ -79,6 +80,11 @@ def object_areas(labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
 
 
 def median_object_area(labels: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+    """Return the :func:`typical_area` of a label plane's objects (None if none)."""
+    return typical_area(object_areas(labels, mask))
+
+
+def typical_area(areas: np.ndarray) -> float | None:
     """Return the area of the object that holds the median object pixel (None if none).
 
     Weighted by area, so that specks of noise in a prediction, many but small,
@@ -86,11 +92,10 @@ def median_object_area(labels: np.ndarray, mask: np.ndarray | None = None) -> fl
     large.
 
     >>> import numpy as np
-    >>> labels = np.repeat([1, 1, 1, 1, 2, 2, 2, 2, 3, 4, 5], 10)[None]  # 40, 40, 10, 10, 10
-    >>> median_object_area(labels)
+    >>> typical_area(np.array([40, 40, 10, 10, 10]))
     40.0
     """
-    areas = np.sort(object_areas(labels, mask))
+    areas = np.sort(np.asarray(areas))
     if not areas.size:
         return None
     half = np.searchsorted(np.cumsum(areas), areas.sum() / 2.0)
