@@ -29,3 +29,12 @@ def three_class_maps(labels, interior_holes=None):
     if interior_holes is not None:
         interior[interior_holes] = 0.0
     return np.stack([foreground, interior])
+
+
+def membrane_maps() -> np.ndarray:
+    """Three cells in a row between two membranes; the small middle one has no seed."""
+    columns = np.arange(60)
+    # Foreground: 1 in the cells, dipping to 0 at the membranes' centres (columns 20, 30).
+    foreground = np.clip(np.minimum(abs(columns - 20), abs(columns - 30)) / 3.0, 0, 1)
+    interior = np.where((columns < 15) | (columns > 35), 1.0, 0.0)  # the middle cell: none
+    return np.stack([np.tile(foreground, (10, 1)), np.tile(interior, (10, 1))]).astype(np.float32)

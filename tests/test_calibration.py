@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from _instances import three_class_maps
+from _instances import membrane_maps, three_class_maps
 from napari_unet.calibration import calibrate
+from napari_unet.metrics import rand_error
 from napari_unet.tasks import PaperInstances, Postprocess, ThreeClassInstances
 
 
@@ -41,6 +42,22 @@ def test_calibration_drops_speckle_with_the_size_prior(touching_pair):
     best = calibrate(task, [foreground[None]], [touching_pair], start=start)
     assert best.default_score < 0.5 and best.score == 1.0
     assert best.postprocess.min_size > 4
+
+
+def test_tessellated_cells_are_calibrated_on_the_rand_error():
+    """Cells that tile the image are scored as EM segmentations are: by the Rand error."""
+    maps = membrane_maps()
+    columns = np.arange(maps.shape[2])
+    truth = np.tile(np.where(columns < 20, 1, np.where(columns < 30, 2, 3)), (10, 1))
+    truth[:, [20, 30]] = 0  # the membranes
+    maps[0][:, 21:30] = 0.0  # the middle cell is missed: its neighbours grow over it
+    task = ThreeClassInstances()
+    best = calibrate(task, [maps], [truth], start=Postprocess(seed_threshold=0.5, tessellate=True))
+    assert best.metric == "1 - Rand error" and best.postprocess.tessellate
+    labels = task.label_plane(maps, best.postprocess)
+    assert (labels > 0).all()
+    assert best.score == pytest.approx(1 - rand_error(truth, labels))
+    assert best.score != pytest.approx(2 / 3)  # what AP@0.5 would give (2 of 3 cells)
 
 
 def test_calibration_needs_an_instance_task_and_matching_inputs(touching_pair):

@@ -183,21 +183,23 @@ def test_segment_stack_keeps_the_planes(data, trained, tmp_path):
 
 def test_train_with_the_paper_head_and_segment_with_labelling_options(data, tmp_path):
     model = tmp_path / "paper.pt"
-    status, _, err = run_main(
-        ["train", data["image1"], data["labels1"], "-o", model, "--head", "paper", *FAST]
-    )
+    command = ["train", data["image1"], data["labels1"], "-o", model, "--head", "paper"]
+    status, _, err = run_main([*command, "--tessellate", *FAST])
     assert status == 0, err
     checkpoint = load_checkpoint(model)
     assert checkpoint.head == "paper" and checkpoint.model_config.n_classes == 2
     assert "training plane" in checkpoint.metadata["calibration"]["on"]  # 6 nuclei: none held out
+    assert checkpoint.postprocess.tessellate  # and calibrated on the Rand error:
+    assert checkpoint.metadata["calibration"]["metric"] == "1 - Rand error"
     options = ["--threshold", "0.4", "--seed-threshold", "0.6", "--min-size", "5"]
-    status, _, err = run_main(["segment", model, data["image2"], "-o", tmp_path, *options])
-    assert status == 0, err
     status, _, err = run_main(
-        ["segment", model, data["image2"], "-o", tmp_path / "tiled", "--tessellate", "--tta"]
+        ["segment", model, data["image2"], "-o", tmp_path, *options, "--no-tessellate"]
     )
     assert status == 0, err
-    assert (tifffile.imread(tmp_path / "tiled" / "image2.tif") > 0).all()
+    assert (tifffile.imread(tmp_path / "image2.tif") == 0).any()
+    status, _, err = run_main(["segment", model, data["image2"], "-o", tmp_path / "tiled", "--tta"])
+    assert status == 0, err
+    assert (tifffile.imread(tmp_path / "tiled" / "image2.tif") > 0).all()  # the model's choice
     assert checkpoint.object_area == pytest.approx(
         median_object_area(tifffile.imread(data["labels1"]))
     )

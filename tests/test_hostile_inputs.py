@@ -206,6 +206,9 @@ CASES = {
     "train/head with semantic mode": Case(
         TRAIN + " --mode semantic --head paper", USAGE, ("head", "semantic")
     ),
+    "train/tessellate with semantic mode": Case(
+        TRAIN + " --mode semantic --tessellate", USAGE, ("--tessellate", "instances")
+    ),
     "train/unknown head": Case(TRAIN + " --head magic", USAGE, ("--head", "magic")),
     "train/odd number of files": Case("train {image.tif} -o {out}", USAGE, ("image", "labels")),
     # train: validation and starting models

@@ -169,6 +169,11 @@ def test_a_given_diameter_or_off_sets_the_factor():
         model, image, config=InferenceConfig(**FP32), **{**kwargs, "object_area": None}
     )
     assert unknown.scales == [1.0]
+    # Cells that tile the image are not resampled by their size ("auto"), only when asked.
+    tiling = {**kwargs, "postprocess": Postprocess(seed_threshold=0.6, tessellate=True)}
+    assert predict(model, image, config=InferenceConfig(**FP32), **tiling).scales == [1.0]
+    asked = InferenceConfig(object_diameter=10.0, **FP32)
+    assert predict(model, image, config=asked, **tiling).scales == [2.0]
     with pytest.raises(ValueError, match="object_diameter"):
         InferenceConfig(object_diameter=0.0)
     with pytest.raises(ValueError, match="object_diameter"):

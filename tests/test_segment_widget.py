@@ -687,8 +687,13 @@ def test_labelling_settings_relabel_the_last_result_without_the_network(
     qtbot.waitUntil(lambda: not output.data.any(), timeout=TIMEOUT_MS)
     assert not calls and controls.reset_button.enabled
     assert "your settings" in controls.heading.value
+    controls.min_size.value = 0
+    controls.tessellate.value = True  # the cells grow until they tile the image
+    qtbot.waitUntil(lambda: np.asarray(output.data).all(), timeout=TIMEOUT_MS)
+    assert not calls
     controls.reset_button.changed.emit(True)
     qtbot.waitUntil(lambda: np.array_equal(output.data, before), timeout=TIMEOUT_MS)
+    assert not controls.tessellate.value
 
 
 def test_the_users_labelling_settings_apply_to_the_next_run(make_napari_viewer, qtbot, nuclei):

@@ -1,9 +1,11 @@
 """Tasks: targets, weights and labelling of each head, on constructed images."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from _instances import three_class_maps
+from _instances import membrane_maps, three_class_maps
 from napari_unet.tasks import (
     INSTANCE_HEADS,
     DistanceInstances,
@@ -157,6 +159,22 @@ def test_tessellate_grows_objects_over_the_whole_image(touching_pair):
         Postprocess(threshold=0.5, seed_threshold=0.8, tessellate=True),
     )
     assert (labels > 0).all() and labels.max() == 3
+
+
+def test_tessellate_keeps_a_seedless_cell_and_meets_at_the_membranes():
+    """Tessellating grows the objects found; it does not give a cell to a neighbour."""
+    maps = membrane_maps()
+    task = ThreeClassInstances()
+    settings = Postprocess(threshold=0.5, seed_threshold=0.5, tessellate=True)
+    labels = task.label_plane(maps, settings)
+    as_found = task.label_plane(maps, replace(settings, tessellate=False))
+    assert labels.max() == as_found.max() == 3
+    assert (labels > 0).all()
+    assert ((labels == as_found) | (as_found == 0)).all()  # grown, not changed
+    # Neighbours meet at the centre of each membrane (where the foreground is lowest).
+    row = labels[5]
+    assert row[19] != row[21] and row[29] != row[31]
+    assert len(set(row[21:30])) == 1
 
 
 def test_blockwise_seed_filter_matches_one_block(touching_pair):

@@ -96,6 +96,18 @@ def test_fine_tunes_the_model_just_trained(qtbot, viewer_with_data):
     assert trained_models.names()[:2] == [widget.model_name, first]
 
 
+def test_cells_that_tile_the_image_make_a_tessellating_model(qtbot, viewer_with_data):
+    widget = TrainWidget(viewer_with_data)
+    widget.tessellate.value = True
+    short(widget, steps=2)
+    run_to_end(qtbot, widget)
+    assert widget.checkpoint.postprocess.tessellate
+    widget.start_from.value = "new model"
+    widget.tessellate.value = False
+    widget.start_from.value = widget.model_name  # fine-tuning shows the model's choice
+    assert widget.tessellate.value
+
+
 def test_partial_annotation_with_a_region_layer_and_live_preview(qtbot, viewer_with_data):
     viewer = viewer_with_data
     regions = viewer.add_shapes(

@@ -323,6 +323,18 @@ def test_training_calibrates_the_labelling_and_says_where(nuclei, with_validatio
     assert result.checkpoint.postprocess is not None
 
 
+def test_a_tessellating_model_is_calibrated_on_the_rand_error(nuclei):
+    image, labels = nuclei
+    config = TrainConfig(steps=3, **{**TINY, "calibrate": True}, tessellate=True)
+    events, result = run(train_generator([(image, labels)], config, validation=(image, labels)))
+    (message,) = [e.text for e in events if isinstance(e, TrainingMessage)]
+    assert "Rand error" in message
+    assert result.checkpoint.metadata["calibration"]["metric"] == "1 - Rand error"
+    assert result.checkpoint.postprocess.tessellate
+    with pytest.raises(ValueError, match="instances mode"):
+        TrainConfig(mode="semantic", tessellate=True)
+
+
 def test_calibration_holds_out_whole_images_when_there_are_enough():
     pairs = [make_touching_nuclei((64, 64), n_nuclei=4, seed=seed) for seed in range(12)]
     held_out = training._hold_out(pairs, None, None)

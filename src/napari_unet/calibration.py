@@ -2,12 +2,18 @@
 
 After training, the network's maps (foreground, and interior for the
 ``three-class`` head) are computed once for a few annotated planes; then the
-:class:`~napari_unet.tasks.Postprocess` settings that give the highest mean
-average precision at IoU 0.5 against the annotations are searched on a grid
+:class:`~napari_unet.tasks.Postprocess` settings that score best against the
+annotations are searched on a grid
 of the foreground threshold, the seed threshold, and the smallest seed and
 the smallest object as fractions of the median area of the annotated objects
 (the *size prior*: a seed much smaller than a typical object is a hole or a
 peak of the probability, not an object; a piece much smaller is noise).
+
+The score is the mean average precision at IoU 0.5 (objects found, as a
+biologist counts them); when the objects are grown to tile the image
+(``tessellate``, cells between membranes), it is one minus the
+foreground-restricted Rand error, the score of such segmentations (ISBI 2012):
+AP would not see a cell merged into its neighbour across a membrane.
 
 Labelling is far cheaper than the network: this takes seconds per plane.
 
@@ -42,7 +48,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.metrics import match_instances
+from napari_unet.metrics import match_instances, rand_error
 from napari_unet.tasks import Postprocess, Task
 
 __all__ = ["Calibration", "calibrate"]
@@ -58,12 +64,20 @@ MIN_SIZE_FRACTIONS = (0.0, 0.05, 0.15, 0.3)
 
 @dataclass(frozen=True)
 class Calibration:
-    """The chosen settings and their score (mean AP@0.5 over the planes)."""
+    """The chosen settings and their score (mean over the planes), named by ``metric``."""
 
     postprocess: Postprocess
     score: float
     default_score: float
     n_planes: int
+    metric: str = "AP@0.5"
+
+
+def _plane_score(truth: np.ndarray, labels: np.ndarray, tessellate: bool) -> float:
+    """How well ``labels`` reproduce ``truth``: AP@0.5, or 1 - Rand error when tessellating."""
+    if tessellate:
+        return 1.0 - rand_error(truth, labels)
+    return match_instances(truth, labels, 0.5).average_precision
 
 
 def calibrate(
@@ -97,7 +111,7 @@ def calibrate(
         (default: the areas in ``truths``).
     start : Postprocess, optional
         Settings to compare with (default: the task's); ``tessellate`` is
-        kept from it.
+        kept from it, and chooses the score.
     scales : sequence of float, optional
         Per plane, the factor its image was resampled by to reach the model's
         object size (``Prediction.scales``); the size limits are chosen at the
@@ -125,7 +139,7 @@ def calibrate(
     min_sizes = [round(fraction * typical) for fraction in MIN_SIZE_FRACTIONS]
 
     def scores(settings: Postprocess) -> np.ndarray:
-        """Mean AP@0.5 of ``settings`` with each smallest object size."""
+        """Mean score of ``settings`` with each smallest object size."""
         totals = np.zeros(len(min_sizes))
         for plane_maps, truth, scale in zip(maps, truths, scales, strict=True):
             plane_settings = replace(settings, min_size=0).at_scale(scale)
@@ -134,7 +148,7 @@ def calibrate(
             for index, smallest in enumerate(min_sizes):
                 here = round(smallest / scale**2)
                 kept = labels if here == 0 else np.where(sizes[labels] >= here, labels, 0)
-                totals[index] += match_instances(truth, kept, 0.5).average_precision
+                totals[index] += _plane_score(truth, kept, start.tessellate)
         return totals / len(maps)
 
     seeds_from_foreground = len(task.map_names) == 1
@@ -166,18 +180,20 @@ def calibrate(
     default_score = float(
         np.mean(
             [
-                match_instances(
-                    truth, task.label_plane(plane_maps, start.at_scale(scale)), 0.5
-                ).average_precision
+                _plane_score(
+                    truth, task.label_plane(plane_maps, start.at_scale(scale)), start.tessellate
+                )
                 for plane_maps, truth, scale in zip(maps, truths, scales, strict=True)
             ]
         )
     )
+    metric = "1 - Rand error" if start.tessellate else "AP@0.5"
     logger.info(
-        "calibrated on %d plane(s): AP@0.5 %.3f (defaults %.3f) with %s",
+        "calibrated on %d plane(s): %s %.3f (defaults %.3f) with %s",
         len(maps),
+        metric,
         grid[i, j, k, m],
         default_score,
         best,
     )
-    return Calibration(best, float(grid[i, j, k, m]), default_score, len(maps))
+    return Calibration(best, float(grid[i, j, k, m]), default_score, len(maps), metric)

@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         "distance to the object's border) or 'paper' (background / foreground with a gap "
         "between touching objects, as in the paper); with --from, the model's head",
     )
+    train.add_argument(
+        "--tessellate",
+        action="store_true",
+        help="the objects tile the image (cells between membranes, as in electron "
+        "microscopy): segmenting grows the cells over the predicted membranes, and the "
+        "labelling is calibrated on the Rand error of the grown cells",
+    )
     budget = train.add_mutually_exclusive_group()
     budget.add_argument(
         "--steps",
@@ -344,9 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     labelling.add_argument(
         "--tessellate",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="grow the objects over every pixel so that they tile the image (cells between "
-        "membranes in electron microscopy)",
+        "membranes in electron microscopy), or not; default: as the model was trained "
+        "('train --tessellate')",
     )
     labelling.add_argument(
         "--tta",
@@ -753,6 +762,8 @@ def _run_train(args: argparse.Namespace) -> int:
     mode = args.mode or (initial.mode if initial is not None else "instances")
     if args.head is not None and mode == "semantic":
         raise UsageError("--head chooses an instance head; leave it out in semantic mode")
+    if args.tessellate and mode == "semantic":
+        raise UsageError("--tessellate grows objects over the image; it needs instances mode")
     if initial is not None and args.head not in (None, initial.head):
         raise UsageError(
             f"{args.initial} has the {initial.head!r} head but --head is {args.head!r}; "
@@ -877,6 +888,7 @@ def _train_config(args: argparse.Namespace, mode: str, initial: Any) -> Any:
         return TrainConfig(
             mode=mode,
             head=args.head,
+            tessellate=args.tessellate,
             steps=steps,
             minutes=args.minutes,
             tile_size=tile,
@@ -1118,9 +1130,9 @@ def _postprocess(args: argparse.Namespace, checkpoint: Any) -> Any:
         if args.tessellate:
             raise UsageError("--tessellate needs an instance model; this one is semantic")
         return None
-    if not args.tessellate:
+    if args.tessellate is None:
         return checkpoint.postprocess
-    return replace(checkpoint.postprocess, tessellate=True)
+    return replace(checkpoint.postprocess, tessellate=args.tessellate)
 
 
 # -- segment: large images --------------------------------------------------------------

@@ -106,7 +106,9 @@ class InferenceConfig:
         the typical object diameter in the image, in pixels, so that the image
         is resampled to the model's object size; "auto" estimates it per plane
         (a plane whose objects already have the model's size is segmented
-        once); "off" segments every image at its own scale.
+        once), except for cells that tile the image (``tessellate``), whose
+        size is no measure of the scale; "off" segments every image at its
+        own scale.
     device : str
         "auto", "cpu", "cuda" or "mps".
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -646,6 +648,11 @@ def predict_generator(
     logger.info("Tiling %s with output tiles of %s (border %d)", spatial, tile_shape, border)
 
     rescaling = task.instances and object_area is not None and config.object_diameter != "off"
+    if rescaling and config.object_diameter == "auto" and settings.tessellate:
+        # Cells that tile the image (EM) vary in size through a stack, while the
+        # membranes between them, which set the network's scale, do not.
+        rescaling = False
+        logger.info("Cells tile the image: segmenting at the image's own scale.")
     completed = True
     scales: list[float] = []
     for plane in range(planes.n_planes):

@@ -142,8 +142,11 @@ def label_instances(
         make one object with it). This keeps one object from becoming several
         where its interior probability has small holes or peaks.
     tessellate : bool
-        Flood every pixel, not only the mask: the objects then tile the image
-        (e.g. cells separated by predicted membranes in electron microscopy).
+        Grow the objects over every pixel, not only the mask: they then tile
+        the image (e.g. cells separated by predicted membranes in electron
+        microscopy). The objects are those found without it (a mask component
+        without a seed still makes one object of its own); between them the
+        flood follows ``foreground``, so neighbours meet where it is lowest.
         Needs a seed threshold.
     out : array_like of int, shape (H, W), optional
         Where to write the labels: a numpy array, a ``numpy.memmap`` or a zarr
@@ -556,8 +559,16 @@ class _Maps:
             priority = block
         else:
             priority = _read_foreground(self.seed_map, rows, cols, check=check)
-        mask = np.ones(block.shape, bool) if self.tessellate else block > self.threshold
+        mask = block > self.threshold
+        if self.tessellate:
+            # Between the objects the flood follows the foreground, below every object
+            # pixel: cells meet where the membrane between them is most certain.
+            priority = np.where(mask, priority, block - 1.0)
         return mask, (priority > self.seed_threshold) & mask, priority
+
+    def flooded(self, mask: np.ndarray) -> np.ndarray:
+        """Where the watershed floods: the mask, or every pixel when tessellating."""
+        return np.ones(mask.shape, bool) if self.tessellate else mask
 
 
 def _seeded_watershed(
@@ -645,15 +656,16 @@ def _seeded_watershed(
                 slice(max(cols.start - current_halo, 0), min(cols.stop + current_halo, width)),
             )
             mask, _, priority = maps.read(*window, check=False)
+            domain = maps.flooded(mask)
             current = np.asarray(out[window]).astype(marker_dtype)
             markers = np.where(seed_pixels(window) | (current > n_seeds), current, 0)
-            flooded = watershed(-priority, markers, mask=mask, connectivity=connectivity)
+            flooded = watershed(-priority, markers, mask=domain, connectivity=connectivity)
             inner = (
                 slice(rows.start - window[0].start, rows.stop - window[0].start),
                 slice(cols.start - window[1].start, cols.stop - window[1].start),
             )
             labels = flooded[inner]
-            unreached = mask[inner] & (labels == 0)
+            unreached = domain[inner] & (labels == 0)
             covers_image = window[0] == slice(0, height) and window[1] == slice(0, width)
             if not unreached.any() or covers_image or current_halo >= max_halo:
                 break
@@ -713,13 +725,13 @@ def _label_unreached(
     components = _BlockComponents(grid, structure)
     for bi, bj, rows, cols in grid:
         mask, _, _ = maps.read(rows, cols, check=False)
-        components.add(bi, bj, mask & (np.asarray(out[rows, cols]) == 0))
+        components.add(bi, bj, maps.flooded(mask) & (np.asarray(out[rows, cols]) == 0))
     n_new = components.finish()
     _check_fits(n_objects + n_new, np.dtype(out.dtype))
     for bi, bj, rows, cols in grid:
         mask, _, _ = maps.read(rows, cols, check=False)
         current = np.asarray(out[rows, cols])
-        unreached = mask & (current == 0)
+        unreached = maps.flooded(mask) & (current == 0)
         new = components.labels(bi, bj, unreached)
         out[rows, cols] = np.where(unreached, new + n_objects, current).astype(out.dtype)
     return n_objects + n_new

@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -55,7 +55,7 @@ from napari_unet.sampling import (
     prepare_training_data,
     split_planes,
 )
-from napari_unet.tasks import Task, task_for
+from napari_unet.tasks import Postprocess, Task, task_for
 
 __all__ = [
     "TrainConfig",
@@ -100,6 +100,11 @@ class TrainConfig:
         "distance" (foreground and the distance to the object's border) or
         "paper" (background / foreground with a gap between touching objects,
         as in the paper). All use the paper's weight map.
+    tessellate : bool
+        Instances mode: the objects tile the image (cells between membranes,
+        as in electron microscopy). Segmentation then grows the cells over the
+        predicted membranes, and calibration scores the Rand error of the grown
+        cells instead of AP@0.5.
     calibrate : bool
         After training, choose the thresholds and size limits that turn the
         network's maps into objects (:mod:`napari_unet.calibration`) and store
@@ -147,6 +152,7 @@ class TrainConfig:
 
     mode: Mode = "instances"
     head: str | None = None
+    tessellate: bool = False
     calibrate: bool = True
     steps: int | None = 500
     minutes: float | None = None
@@ -170,6 +176,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         task_for(self.mode, self.head)  # checks mode and head
+        if self.tessellate and self.mode != "instances":
+            raise ValueError("tessellate grows objects over the image: it needs instances mode.")
         if self.steps is None and self.minutes is None:
             raise ValueError("Give a budget: steps, minutes or both.")
         if self.steps is not None:
@@ -459,6 +467,8 @@ def train_generator(
         )
     model = result.model
     postprocess = initial.postprocess if initial is not None else None
+    if config.tessellate:
+        postprocess = replace(postprocess or task.default_postprocess, tessellate=True)
     calibration = None
     if config.calibrate and task.instances and result.stop_reason == "stopped":
         # Stop means now: calibrating would take seconds more.
@@ -480,13 +490,19 @@ def train_generator(
             where = f"{len(planes)} training plane(s) (too few objects to hold any out)"
         if planes:
             calibration = calibrate_on(
-                model, task, planes, data.object_areas, normalization, data.object_area
+                model,
+                task,
+                planes,
+                data.object_areas,
+                normalization,
+                data.object_area,
+                start=postprocess,
             )
             postprocess = calibration.postprocess
             yield TrainingMessage(
                 result.steps,
-                f"Labelling settings calibrated on {where}: AP@0.5 {calibration.score:.2f} "
-                f"(defaults {calibration.default_score:.2f}).",
+                f"Labelling settings calibrated on {where}: {calibration.metric} "
+                f"{calibration.score:.2f} (defaults {calibration.default_score:.2f}).",
             )
     result.checkpoint = Checkpoint.from_model(
         model,
@@ -500,6 +516,7 @@ def train_generator(
             "calibration": (
                 {
                     "score": calibration.score,
+                    "metric": calibration.metric,
                     "default_score": calibration.default_score,
                     "planes": calibration.n_planes,
                     "on": where,
@@ -644,6 +661,7 @@ def calibrate_on(
     normalization: Normalization,
     object_area: float | None = None,
     device: str = "cpu",
+    start: Postprocess | None = None,
 ) -> Calibration:
     """Segment ``(C, H, W)`` image planes once and calibrate the labelling on their labels.
 
@@ -651,6 +669,8 @@ def calibrate_on(
     context), the maps and labels of those rows are compared. Planes are
     segmented as a user's images will be: brought to the model's
     ``object_area`` when it has one, so the size limits found apply there.
+    ``start`` is passed to :func:`~napari_unet.calibration.calibrate` (its
+    ``tessellate`` chooses the score).
     """
     maps, scales = [], []
     for image, _, rows in planes:
@@ -664,14 +684,14 @@ def calibrate_on(
             config=InferenceConfig(device=device),
             return_probabilities=True,
             object_area=object_area,
+            postprocess=start,
         )
         maps.append(task.tile_maps(np.asarray(prediction.probabilities))[:, rows])
         scales.append(prediction.scales[0])
     if object_area is not None:
         object_areas = np.array([object_area])  # sizes are relative to the model's objects
-    return calibrate(
-        task, maps, [labels[rows] for _, labels, rows in planes], object_areas, scales=scales
-    )
+    truths = [labels[rows] for _, labels, rows in planes]
+    return calibrate(task, maps, truths, object_areas, start=start, scales=scales)
 
 
 def _train_loop(

@@ -30,7 +30,15 @@ import napari
 import numpy as np
 import torch
 from magicgui import magic_factory
-from magicgui.widgets import FloatSpinBox, FunctionGui, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    FloatSpinBox,
+    FunctionGui,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
@@ -361,7 +369,7 @@ RELABEL_DEBOUNCE_MS = 150
 
 
 class _LabellingControls:
-    """Threshold, seed threshold and smallest object: the model's, or the user's.
+    """Threshold, seed threshold, smallest object, tessellation: the model's, or the user's.
 
     Until the user changes one, each run uses the settings calibrated for the
     model when it was trained, and the controls show them. Once changed, the
@@ -388,19 +396,29 @@ class _LabellingControls:
             label="smallest object (px)", value=0, min=0, max=1_000_000, step=10,
             tooltip="Objects with fewer pixels are dropped.",
         )  # fmt: skip
+        self.tessellate = CheckBox(
+            text="grow cells to tile the image", value=False,
+            tooltip="Grow the objects over every pixel, so that cells separated by "
+            "membranes (electron microscopy) tile the image.",
+        )  # fmt: skip
         self.reset_button = PushButton(text="use the model's settings", enabled=False)
         self.widgets = [
             self.heading,
             self.threshold,
             self.seed_threshold,
             self.min_size,
+            self.tessellate,
             self.reset_button,
         ]
         self._on_change = on_change
         self._model: Postprocess | None = None
-        for control in (self.threshold, self.seed_threshold, self.min_size):
+        for control in self._controls:
             control.changed.connect(self._changed)
         self.reset_button.changed.connect(self.reset)
+
+    @property
+    def _controls(self) -> tuple[Any, ...]:
+        return (self.threshold, self.seed_threshold, self.min_size, self.tessellate)
 
     def _changed(self) -> None:
         self.own = True
@@ -418,9 +436,13 @@ class _LabellingControls:
         self._on_change()
 
     def _show(self, settings: Postprocess) -> None:
-        controls = (self.threshold, self.seed_threshold, self.min_size)
-        values = (settings.threshold, settings.seed_threshold or 0.5, settings.min_size)
-        for control, value in zip(controls, values, strict=True):
+        values = (
+            settings.threshold,
+            settings.seed_threshold or 0.5,
+            settings.min_size,
+            settings.tessellate,
+        )
+        for control, value in zip(self._controls, values, strict=True):
             with control.changed.blocked():
                 control.value = value
 
@@ -438,6 +460,7 @@ class _LabellingControls:
             threshold=float(self.threshold.value),
             seed_threshold=float(self.seed_threshold.value),
             min_size=int(self.min_size.value),
+            tessellate=bool(self.tessellate.value),
         )
 
 

@@ -193,6 +193,15 @@ class TrainWidget(Container):
                 "gap between touching objects, as in Ronneberger et al. 2015."
             ),
         )
+        self.tessellate = CheckBox(
+            text="cells tile the image (membranes)",
+            value=False,
+            tooltip=(
+                "For cells separated only by membranes, as in electron microscopy: Segment "
+                "grows the cells over the predicted membranes so that they tile the image, "
+                "and the labelling is tuned on the Rand error of the grown cells."
+            ),
+        )
         self.w0 = FloatSpinBox(
             label="border weight w0",
             value=10.0,
@@ -250,6 +259,7 @@ class TrainWidget(Container):
                 self.validation_labels,
                 self.mode,
                 self.head,
+                self.tessellate,
                 self.w0,
                 self.sigma,
                 self.budget_unit,
@@ -330,9 +340,12 @@ class TrainWidget(Container):
             self.mode.value = model.mode
             if model.head is not None:
                 self.head.value = model.head
+            if model.postprocess is not None:
+                self.tessellate.value = model.postprocess.tessellate
 
     def _mode_changed(self, mode: str) -> None:
         self.head.visible = mode == "instances"
+        self.tessellate.visible = mode == "instances"
         self.head.enabled = self.start_from.value == NEW_MODEL and mode == "instances"
 
     def _models_changed(self) -> None:
@@ -436,6 +449,7 @@ class TrainWidget(Container):
             head=(initial.head if initial is not None else self.head.value)
             if mode == "instances"
             else None,
+            tessellate=mode == "instances" and bool(self.tessellate.value),
             w0=float(self.w0.value),
             sigma=float(self.sigma.value),
             steps=steps,
