@@ -59,6 +59,7 @@ bench: venv
 	$(PY) benchmarks/dim_fields.py --minutes 1 --repeats 1 --before-repeats 0
 	$(PY) benchmarks/inference_precision.py --steps 30 --repeats 1 --size 1024
 	$(PY) benchmarks/dsb_stage1.py --minutes 1 --train-images 40 --no-tta
+	$(PY) benchmarks/pretrained.py --minutes 1
 
 bench-full: venv
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
@@ -77,6 +78,7 @@ bench-full: venv
 	$(PY) benchmarks/dim_fields.py --minutes 5 --repeats 3 --before-repeats 1
 	$(PY) benchmarks/inference_precision.py --steps 300 --repeats 3
 	$(PY) benchmarks/dsb_stage1.py --minutes 20 --repeats 3
+	$(PY) benchmarks/pretrained.py --minutes 1 2 5 --repeats 3
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

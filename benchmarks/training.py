@@ -99,11 +99,15 @@ def run(
     seed: int,
     device: str = "cpu",
     tta: bool = False,
+    initial=None,
     **settings: object,
 ) -> dict:
-    """Train on rows 0-255 for ``minutes``, score rows 256-511; ``settings`` go to TrainConfig."""
+    """Train on rows 0-255 for ``minutes``, score rows 256-511; ``settings`` go to TrainConfig.
+
+    ``initial``: a checkpoint to fine-tune instead of starting from scratch.
+    """
     config = TrainConfig(minutes=minutes, steps=None, seed=seed, device=device, **settings)
-    generator = train_generator([(image[:SPLIT], labels[:SPLIT])], config)
+    generator = train_generator([(image[:SPLIT], labels[:SPLIT])], config, initial=initial)
     curve: list[tuple[float, float]] = []
     wait = 0.0
 

@@ -7,6 +7,7 @@ With ``--headless`` (what `make demo` uses under Xvfb when there is no display),
 the script drives the whole workflow through the widgets themselves, exactly as a
 user would click it, and saves screenshots of the napari window to ``--output``:
 
+0. segment the sample with the pretrained ``nuclei`` model, before any training;
 1. preview the boundary weight map of the labels;
 2. train a U-Net (with a live preview), then save it;
 3. segment a new image, tiles streaming into a Labels layer;
@@ -103,10 +104,32 @@ def run_workflow(viewer, docks, steps: int, output: Path) -> None:
     def dock(name: str):
         return docks[name][0]
 
+    print("0. Segment the sample with the pretrained 'nuclei' model, before any training")
+    segment = show("Segment")
+    segment.image.value = viewer.layers["nuclei"]
+    segment.model.value = "nuclei"
+    wait_until(engines_ready.is_set)
+    worker = segment()
+    done = []
+    worker.finished.connect(lambda: done.append(True))
+    wait_until(lambda: bool(done))
+    pretrained = viewer.layers["nuclei segmentation"]
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("nuclei", "nuclei segmentation")
+    screenshot(viewer, output / "00-pretrained.png", dock("Segment"))
+    truth = np.asarray(viewer.layers["nuclei labels"].data)
+    print(
+        f"  {int(np.max(pretrained.data))} objects, AP@0.5 = "
+        f"{average_precision(truth, np.asarray(pretrained.data)):.2f} against the sample's labels"
+    )
+    pretrained.visible = False
+    viewer.layers["nuclei labels"].visible = True
+
     print("1. Weight map preview of 'nuclei labels'")
     show("Weight map preview")
     wait_until(lambda: "nuclei labels weight map" in viewer.layers)
     weight_layer = viewer.layers["nuclei labels weight map"]
+    weight_layer.visible = True
     wait_until(lambda: float(np.max(weight_layer.data)) > 0)
     viewer.layers["nuclei labels"].opacity = 0.35
     screenshot(viewer, output / "01-weight-map.png", dock("Weight map preview"))
@@ -135,7 +158,7 @@ def run_workflow(viewer, docks, steps: int, output: Path) -> None:
     print("3. Segment a new image")
     image, truth = make_touching_nuclei((384, 512), seed=1)
     new_image = viewer.add_image(image, name="new nuclei")
-    for name in ("nuclei", "nuclei labels", "nuclei training preview"):
+    for name in ("nuclei", "nuclei labels", "nuclei training preview", "nuclei segmentation"):
         viewer.layers[name].visible = False
     viewer.reset_view()
     segment = show("Segment")

@@ -17,6 +17,13 @@ def _no_trained_models_between_tests():
 
 
 @pytest.fixture(autouse=True)
+def _an_empty_models_folder(tmp_path_factory, monkeypatch):
+    """Each test sees the shipped models and an empty models folder of its own, never the
+    user's (what one test adds there must not appear in another)."""
+    monkeypatch.setenv("NAPARI_UNET_MODELS", str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(autouse=True)
 def _no_default_dask_client_left():
     """A default dask client left by one test once hid a broken --workers path in another."""
     yield

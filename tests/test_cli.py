@@ -173,6 +173,25 @@ def test_segment_writes_labels_and_probabilities(data, trained, tmp_path):
     assert "image2.tif" in out
 
 
+def test_models_by_name(data, trained, tmp_path, monkeypatch):
+    """The shipped model segments before any training; a user's model is added by name."""
+    monkeypatch.setenv("NAPARI_UNET_MODELS", str(tmp_path / "models"))
+    status, out, err = run_main(["models"])
+    assert status == 0, err
+    assert "nuclei" in out and str(tmp_path / "models") in out
+    status, _, err = run_main(["segment", "nuclei", data["image2"], "-o", tmp_path / "zero"])
+    assert status == 0, err
+    assert tifffile.imread(tmp_path / "zero" / "image2.tif").shape == (96, 96)
+    model, *_ = trained
+    status, out, err = run_main(["models", "add", model, "--name", "mine"])
+    assert status == 0, err
+    assert (tmp_path / "models" / "mine.pt").is_file() and "sha256" in out
+    status, _, err = run_main(["segment", "mine", data["image2"], "-o", tmp_path / "mine"])
+    assert status == 0, err
+    status, _, err = run_main(["models", "add", model, "--name", "mine"])
+    assert status == 1 and "already in" in err
+
+
 def test_segment_stack_keeps_the_planes(data, trained, tmp_path):
     path, *_ = trained
     status, _, err = run_main(["segment", path, data["stack"], "-o", tmp_path, "--probabilities"])

@@ -242,6 +242,12 @@ CASES = {
     "segment/model missing": Case(
         "segment {dir}/none.pt {image.tif} -o {out}", FAILURE, ("none.pt",), out="out"
     ),
+    "segment/unknown model name": Case(
+        "segment no-such-model {image.tif} -o {out}",
+        FAILURE,
+        ("no-such-model", "nuclei", "NAPARI_UNET_MODELS"),
+        out="out",
+    ),
     "segment/model is a TIFF": Case(
         "segment {image.tif} {image.tif} -o {out}",
         FAILURE,
@@ -316,6 +322,14 @@ CASES = {
         USAGE,
         ("--tessellate", "semantic"),
         out="out",
+    ),
+    # models
+    "models/add without a name": Case("models add {model.pt}", USAGE, ("--name",)),
+    "models/add a TIFF": Case(
+        "models add {image.tif} --name cells", FAILURE, ("not a readable model file",)
+    ),
+    "models/add under a shipped name": Case(
+        "models add {model.pt} --name nuclei", FAILURE, ("shipped model", "another name")
     ),
     # weightmap
     "weightmap/labels missing": Case(

@@ -137,20 +137,30 @@ def test_dock_widget_opens_and_tracks_trained_models(make_napari_viewer):
     viewer = make_napari_viewer()
     gui = open_widget(viewer)
     session = session_of(gui)
-    assert gui.model.choices == (FILE_CHOICE,)
-    assert file_row_shown(gui)
+    # Before any training: the shipped pretrained model, selected, and the file entry.
+    assert gui.model.choices == ("nuclei", FILE_CHOICE)
+    assert gui.model.value == "nuclei" and not file_row_shown(gui)
     assert gui.call_button.enabled and not session.cancel_button.enabled
     assert gui._result_widget is None  # no widget shows the returned worker
     assert gui.session.native.isHidden()  # the bound state is not a user choice
 
     name = trained_models.add(tiny_checkpoint(), "test model")
-    assert gui.model.choices == (name, FILE_CHOICE)
+    assert gui.model.choices == (name, "nuclei", FILE_CHOICE)
     assert gui.model.value == name  # a model just trained is selected
     assert not file_row_shown(gui)
     newer = trained_models.add(tiny_checkpoint(), "test model")
-    assert gui.model.choices == (newer, name, FILE_CHOICE)  # newest first
+    assert gui.model.choices == (newer, name, "nuclei", FILE_CHOICE)  # newest first
     gui.model.value = FILE_CHOICE
     assert file_row_shown(gui)
+
+
+def test_segments_with_the_pretrained_model_before_any_training(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei, name="nuclei")
+    gui = open_widget(viewer)
+    run_and_wait(qtbot, gui)  # the defaults: the shipped model
+    output = viewer.layers["nuclei segmentation"]
+    assert output.data.shape == nuclei.shape and output.data.max() > 0
 
 
 def test_segments_tile_by_tile_into_a_new_layer(make_napari_viewer, qtbot, nuclei):
@@ -297,9 +307,7 @@ def test_model_file(make_napari_viewer, qtbot, nuclei, tmp_path, notifications, 
 
         path = export_bioimageio(checkpoint, tmp_path / "m.zip")
     gui = open_widget(viewer)
-    assert gui.model.value == FILE_CHOICE
-
-    run_and_wait(qtbot, gui, model_file=path, tile_size=64)
+    run_and_wait(qtbot, gui, model=FILE_CHOICE, model_file=path, tile_size=64)
 
     output = viewer.layers["nuclei segmentation"]
     np.testing.assert_array_equal(output.data, expected(checkpoint, nuclei, tile=64).labels)
@@ -311,6 +319,7 @@ def test_corrupt_checkpoint_file_is_reported(make_napari_viewer, nuclei, tmp_pat
     viewer.add_image(nuclei, name="nuclei")
     (tmp_path / "broken.pt").write_bytes(b"not a model at all")
     gui = open_widget(viewer)
+    gui.model.value = FILE_CHOICE
     gui.model_file.value = tmp_path / "broken.pt"
 
     assert gui() is None
@@ -399,16 +408,17 @@ def test_no_image_layer(make_napari_viewer, notifications):
     assert "no Image layer" in message
 
 
-def test_no_model(make_napari_viewer, nuclei, notifications):
+def test_no_model_file(make_napari_viewer, nuclei, notifications):
     viewer = make_napari_viewer()
     viewer.add_image(nuclei, name="nuclei")
     gui = open_widget(viewer)
+    gui.model.value = FILE_CHOICE
 
     assert gui() is None
 
     assert len(viewer.layers) == 1
     (message,) = errors(notifications)
-    assert "Train a model with the Train U-Net widget or choose a model file" in message
+    assert "Choose a model file" in message and "'nuclei' is the pretrained one" in message
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

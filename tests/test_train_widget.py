@@ -13,6 +13,7 @@ from napari_unet._widgets._common import PLUGIN_NAME, trained_models
 from napari_unet._widgets.train import FROM_FILE, TrainWidget
 from napari_unet.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from napari_unet.model import UNet, UNetConfig
+from napari_unet.registry import load_model
 from napari_unet.synthetic import make_touching_nuclei
 
 
@@ -106,6 +107,17 @@ def test_cells_that_tile_the_image_make_a_tessellating_model(qtbot, viewer_with_
     widget.tessellate.value = False
     widget.start_from.value = widget.model_name  # fine-tuning shows the model's choice
     assert widget.tessellate.value
+
+
+def test_fine_tunes_the_pretrained_model(qtbot, viewer_with_data):
+    widget = TrainWidget(viewer_with_data)
+    assert "nuclei" in widget.start_from.choices
+    widget.start_from.value = "nuclei"
+    assert not widget.model_size.enabled and widget.head.value == "three-class"
+    short(widget, steps=2)
+    run_to_end(qtbot, widget)
+    assert widget.checkpoint.metadata["fine_tuned_from"]["steps"] > 2  # the pretraining's
+    assert widget.checkpoint.normalization == load_model("nuclei").normalization
 
 
 def test_partial_annotation_with_a_region_layer_and_live_preview(qtbot, viewer_with_data):

@@ -50,6 +50,8 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "load_model_file": "checkpoint",
+    "load_model": "registry",
+    "available_models": "registry",
     "load_package": "bioimageio",
     "export_bioimageio": "export",
     "export_onnx": "export",

@@ -1,6 +1,6 @@
-"""The ``napari-unet`` command line: train, segment, export and compute weight maps.
+"""The ``napari-unet`` command line: train, segment, export, weight maps and models.
 
-Four subcommands drive the same engines as the napari plugin::
+Five subcommands drive the same engines as the napari plugin::
 
     napari-unet train IMAGE LABELS [IMAGE LABELS ...] -o MODEL.pt [--mode instances|semantic]
             [--minutes M | --steps N] [--from MODEL] [--device auto|cpu|cuda] [--seed S]
@@ -9,6 +9,10 @@ Four subcommands drive the same engines as the napari plugin::
             [--workers N | --scheduler ADDRESS] [--block-size PX]
     napari-unet weightmap LABELS -o WEIGHTS.tif [--w0 10] [--sigma 5]
     napari-unet export MODEL.pt --format bioimageio|onnx -o MODEL.zip|MODEL.onnx [--author NAME]
+    napari-unet models [add FILE --name NAME [--overwrite]]
+
+``MODEL`` is a file or a name (:mod:`napari_unet.registry`): ``nuclei``, the
+pretrained model shipped in the package, or a model added to your models folder.
 
 Images and labels are TIFF or PNG files: 2D, stacks of 2D planes, or RGB
 ``(H, W, 3)``; ``segment`` also reads zarr stores and OME-Zarr images lazily
@@ -41,6 +45,7 @@ import numpy as np
 from napari_unet import __version__
 from napari_unet._generators import run_to_end
 from napari_unet._validation import check_finite
+from napari_unet.registry import MODELS_ENV
 from napari_unet.tasks import INSTANCE_HEADS
 
 __all__ = ["build_parser", "main"]
@@ -138,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     argparse.ArgumentParser
-        The parser with the ``train``, ``segment``, ``weightmap`` and
-        ``export`` subcommands; ``args.run`` is the function that runs the chosen one.
+        The parser with the ``train``, ``segment``, ``weightmap``, ``export``
+        and ``models`` subcommands; ``args.run`` is the function that runs the chosen one.
     """
     parser = _Parser(
         prog=PROG,
@@ -245,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="initial",
         default=None,
         metavar="MODEL",
-        help="fine-tune this model (.pt, or a bioimage.io .zip from 'export') instead of "
-        "starting from scratch",
+        help="fine-tune this model (a name from 'models', such as 'nuclei', a .pt, or a "
+        "bioimage.io .zip from 'export') instead of starting from scratch",
     )
     train.add_argument(
         "--seed",
@@ -295,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, device],
         help="segment images with a trained model",
         description=(
-            "Segment each IMAGE with MODEL.pt (or an exported MODEL.zip) and write "
+            "Segment each IMAGE with MODEL (a name from 'models', such as the pretrained "
+            "'nuclei', a MODEL.pt or an exported MODEL.zip) and write "
             "OUTDIR/<image name>.tif: instance labels (uint16, or uint32 when there are more "
             "than 65535 objects) or, for a semantic model, class ids, with the image's planes, "
             "height and width."
@@ -303,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument(
         "model",
-        metavar="MODEL.pt|MODEL.zip",
-        help="a model saved by 'train' (MODEL.pt) or a bioimage.io package made by 'export' "
-        "(MODEL.zip)",
+        metavar="MODEL",
+        help="a model name (see 'models'), a model saved by 'train' (MODEL.pt) or a "
+        "bioimage.io package made by 'export' (MODEL.zip)",
     )
     segment.add_argument("images", nargs="+", metavar="IMAGE", help="images to segment")
     segment.add_argument(
@@ -460,8 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "model",
-        metavar="MODEL.pt",
-        help="a model saved by 'train' (or a package made by 'export')",
+        metavar="MODEL",
+        help="a model saved by 'train', a package made by 'export', or a model name",
     )
     export.add_argument(
         "--format", required=True, choices=("bioimageio", "onnx"), help="what to write"
@@ -497,7 +503,56 @@ def build_parser() -> argparse.ArgumentParser:
         "synthetic image of nuclei)",
     )
     export.set_defaults(run=_run_export)
+
+    models = commands.add_parser(
+        "models",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="list the models available by name, or add one",
+        description=(
+            "List the models that 'segment MODEL' and 'train --from MODEL' take by name: the\n"
+            "pretrained models shipped in the package and those in your models folder\n"
+            f"(${MODELS_ENV} when set, else your user data folder). 'models add FILE\n"
+            "--name NAME' copies a model there with its sha256, which is checked at every\n"
+            "load."
+        ),
+        epilog=(
+            "example:\n"
+            f"  {PROG} models\n"
+            f"  {PROG} models add run3.pt --name my-cells\n"
+            f"  {PROG} segment my-cells image.tif -o out"
+        ),
+    )
+    models.add_argument("action", nargs="?", choices=("list", "add"), default="list")
+    models.add_argument("file", nargs="?", metavar="FILE", help="the model file to add")
+    models.add_argument("--name", default=None, help="the name to add it under")
+    models.add_argument(
+        "--overwrite", action="store_true", help="replace a model of that name in the folder"
+    )
+    models.set_defaults(run=_run_models)
     return parser
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from napari_unet.registry import add_model, available_models, models_folder
+
+    if args.action == "add":
+        if args.file is None or args.name is None:
+            raise UsageError("models add needs the model FILE and --name NAME")
+        entry = add_model(args.file, args.name, overwrite=args.overwrite)
+        print(f"added {entry.name!r}: {entry.path} (sha256 {entry.sha256})")
+        return EXIT_OK
+    if args.file is not None or args.name is not None:
+        raise UsageError("FILE and --name are for 'models add'")
+    entries = available_models()
+    width = max(len(entry.name) for entry in entries)
+    for entry in entries:
+        print(f"{entry.name:<{width}}  {entry.source:<7}  {entry.description}")
+    print(f"\nyour models folder: {models_folder()} (set {MODELS_ENV} to use another)")
+    return EXIT_OK
 
 
 # -- entry point ------------------------------------------------------------------------
@@ -743,8 +798,9 @@ def _budget_text(config: Any) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from napari_unet.checkpoint import load_model_file, save_checkpoint
+    from napari_unet.checkpoint import save_checkpoint
     from napari_unet.device import resolve_device
+    from napari_unet.registry import load_model
 
     files: list[str] = list(args.files)
     if len(files) % 2:
@@ -758,7 +814,7 @@ def _run_train(args: argparse.Namespace) -> int:
         _note(f"{PROG}: warning: --base-channels is ignored with --from (the model is kept)")
     resolve_device(args.device)  # an unavailable device fails before the data is read
 
-    initial = load_model_file(args.initial) if args.initial is not None else None
+    initial = load_model(args.initial) if args.initial is not None else None
     mode = args.mode or (initial.mode if initial is not None else "instances")
     if args.head is not None and mode == "semantic":
         raise UsageError("--head chooses an instance head; leave it out in semantic mode")
@@ -975,10 +1031,10 @@ def _label_dtype(labels: np.ndarray) -> type[np.unsignedinteger[Any]]:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from napari_unet.checkpoint import load_model_file
     from napari_unet.device import resolve_device
     from napari_unet.inference import ImagePlanes, predict_generator
     from napari_unet.io import read_image, write_tiff
+    from napari_unet.registry import load_model
 
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
@@ -1011,7 +1067,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                     f"writing {target} would replace the input {image_path}; choose another -o"
                 )
     resolve_device(args.device)
-    checkpoint = load_model_file(args.model)
+    checkpoint = load_model(args.model)
     if lazily:
         return _segment_large_images(args, checkpoint, outdir)
     model = checkpoint.build_model()
@@ -1310,13 +1366,13 @@ def _run_export(args: argparse.Namespace) -> int:
     inputs = [args.model, *([args.test_image] if args.test_image else [])]
     _check_output_file(output, inputs, example=f"model{suffix}")
 
-    from napari_unet.checkpoint import load_model_file
     from napari_unet.export import (
         OptionalDependencyError,
         PackageInfo,
         export_bioimageio,
         export_onnx,
     )
+    from napari_unet.registry import load_model
 
     try:
         info = PackageInfo(
@@ -1327,7 +1383,7 @@ def _run_export(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(_one_line(error)) from error
-    checkpoint = load_model_file(args.model)
+    checkpoint = load_model(args.model)
     try:
         if args.format == "onnx":
             export_onnx(checkpoint, output)

@@ -71,6 +71,7 @@ from napari_unet.inference import (
     predict_generator,
     without_channel_axis,
 )
+from napari_unet.registry import ModelHashError, available_models, load_model
 from napari_unet.tasks import Postprocess
 
 # No ``from __future__ import annotations`` in this module: magicgui reads the
@@ -84,8 +85,15 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def _model_choices(_widget: Any = None) -> list[str]:
-    """Trained models of this session (newest first), then the checkpoint-file entry."""
-    return [*trained_models.names(), FILE_CHOICE]
+    """Trained models of this session (newest first), models by name, the file entry.
+
+    Models by name are the pretrained ones shipped in the package and those in the
+    user's models folder (:mod:`napari_unet.registry`), so Segment works before any
+    training.
+    """
+    session = trained_models.names()
+    named = [entry.name for entry in available_models() if entry.name not in session]
+    return [*session, *named, FILE_CHOICE]
 
 
 # -- images that are not loaded into memory -----------------------------------------------
@@ -304,21 +312,22 @@ def _segment(job: _Job) -> Generator[Any, None, Prediction | ZarrSegmentation | 
 def _choose_checkpoint(model: str | None, model_file: Path | None) -> Checkpoint:
     """Return the checkpoint named in the model list, or read ``model_file``."""
     if model and model != FILE_CHOICE:
-        try:
+        if model in trained_models.names():
             return trained_models.get(model)
-        except KeyError:
+        try:
+            return load_model(model)
+        except FileNotFoundError:
             raise UserError(
                 f"The model {model!r} is no longer available; choose another model or a "
                 f"checkpoint file."
             ) from None
+        except (CheckpointError, ModelHashError) as error:
+            raise UserError(str(error)) from error
     if model_file is None or not str(model_file) or str(model_file) == "." or model_file.is_dir():
-        if not trained_models.names():
-            raise UserError(
-                "No model yet: Train a model with the Train U-Net widget or choose a "
-                "model file (.pt, or a bioimage.io .zip exported by napari-unet)."
-            )
         raise UserError(
-            "Choose a model file (.pt or bioimage.io .zip) under 'model file', or a trained model."
+            "Choose a model file (.pt, or a bioimage.io .zip exported by napari-unet) under "
+            "'model file', or a model in the list: 'nuclei' is the pretrained one, and the "
+            "Train U-Net widget adds yours."
         )
     try:
         return load_model_file(model_file)
@@ -892,7 +901,11 @@ def _init_widget(gui: FunctionGui) -> None:
 @magic_factory(
     call_button="Run",
     widget_init=_init_widget,
-    model={"choices": _model_choices, "tooltip": "A model trained in this session, or a file."},
+    model={
+        "choices": _model_choices,
+        "tooltip": "A model trained in this session, a pretrained model ('nuclei'), one of "
+        "your models folder, or a file.",
+    },
     model_file={
         "label": "model file",
         "filter": "*.pt *.zip",
@@ -956,7 +969,9 @@ def segment_widget(
     image : napari.layers.Image
         The image (2D, a stack of planes, RGB or multi-channel).
     model : str
-        A model trained in this session, or ``FILE_CHOICE`` to use ``model_file``.
+        A model trained in this session, a model name (:mod:`napari_unet.registry`:
+        the shipped ``"nuclei"`` or one of the user's models folder), or
+        ``FILE_CHOICE`` to use ``model_file``.
     model_file : pathlib.Path
         A checkpoint file, used when ``model`` is ``FILE_CHOICE``.
     device : {"auto", "cpu", "cuda"}

@@ -151,6 +151,26 @@ def _training_events(request: TrainingRequest, should_stop: Any) -> Any:
     )
 
 
+def _named_models() -> list[str]:
+    """Models of this session (newest first), then the shipped and the user's by name."""
+    from napari_unet.registry import available_models
+
+    session = trained_models.names()
+    return [*session, *(e.name for e in available_models() if e.name not in session)]
+
+
+def _starting_model(name: str) -> Checkpoint:
+    """Return the model of this session called ``name``, or the registry's."""
+    from napari_unet.registry import load_model
+
+    if name in trained_models.names():
+        return trained_models.get(name)
+    try:
+        return load_model(name)
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from None
+
+
 class TrainWidget(Container):
     """Train a U-Net on (Image, Labels) layer pairs without freezing the viewer."""
 
@@ -224,8 +244,9 @@ class TrainWidget(Container):
         self.model_size = ComboBox(label="model size", choices=list(MODEL_SIZES))
         self.start_from = ComboBox(
             label="start from",
-            choices=lambda _: [NEW_MODEL, *trained_models.names(), FROM_FILE],
-            tooltip="A new model, or fine-tune a trained one on corrected labels.",
+            choices=lambda _: [NEW_MODEL, *_named_models(), FROM_FILE],
+            tooltip="A new model, or fine-tune one on your labels: a model trained in this "
+            "session, the pretrained 'nuclei' model, one of your models folder, or a file.",
         )
         self.model_file = FileEdit(label="model file", filter="*.pt *.zip", visible=False)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"])
@@ -336,7 +357,11 @@ class TrainWidget(Container):
         self.model_size.enabled = value == NEW_MODEL
         self.head.enabled = value == NEW_MODEL and self.mode.value == "instances"
         if fine_tune:
-            model = trained_models.get(value)
+            try:
+                model = _starting_model(value)
+            except UserError as error:
+                show_error(str(error))
+                return
             self.mode.value = model.mode
             if model.head is not None:
                 self.head.value = model.head
@@ -433,7 +458,7 @@ class TrainWidget(Container):
             except (OSError, ValueError) as error:
                 raise UserError(str(error)) from None
         elif source != NEW_MODEL:
-            initial = trained_models.get(source)
+            initial = _starting_model(source)
         if initial is not None and initial.mode != mode:
             raise UserError(
                 f"The starting model was trained in {initial.mode} mode but the mode is {mode}. "
