@@ -377,10 +377,12 @@ def test_segment_accepts_the_package(package, model_pt, image_tif, folder):
     np.testing.assert_array_equal(results[".pt"], results[".zip"])
 
 
-def test_segment_help_names_both_model_files():
+def test_segment_help_names_every_kind_of_model():
     status, out, _ = run_main(["segment", "--help"])
     assert status == 0
-    assert "MODEL.pt|MODEL.zip" in out
+    text = " ".join(out.split())  # argparse wraps lines
+    assert "a model name (see 'models')" in text
+    assert "(MODEL.pt)" in text and "(MODEL.zip)" in text
 
 
 # ---------------------------------------------------------------------------
