@@ -9,11 +9,13 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _no_trained_models_between_tests():
-    """The session's model list is global; every test starts and ends without models."""
+    """The session's model list and border settings are global; every test starts and ends
+    without models and with the paper's w0 and sigma."""
     yield
     common = sys.modules.get("napari_unet._widgets._common")
     if common is not None:
         common.trained_models.clear()
+        common.border_settings.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
 import napari_unet._widgets.segment as segment_module
-from napari_unet._widgets._common import PLUGIN_NAME, trained_models
+from napari_unet._widgets._common import OWN_MAP_KEY, PLUGIN_NAME, trained_models
 from napari_unet._widgets.segment import FILE_CHOICE
 from napari_unet.checkpoint import Checkpoint, save_checkpoint
 from napari_unet.inference import InferenceConfig, predict, tile_starts
@@ -804,3 +804,21 @@ def test_object_diameter_brings_the_image_to_the_models_object_size(
     assert as_if_unscaled.max() < expected_labels.max() < first.max()
     session.labelling.min_size.value = smallest
     qtbot.waitUntil(lambda: np.array_equal(output.data, expected_labels), timeout=TIMEOUT_MS)
+
+
+def test_offers_images_not_weight_maps_and_preselects_the_selected_one(make_napari_viewer, nuclei):
+    viewer = make_napari_viewer()
+    image = nuclei
+    viewer.add_image(image, name="training image")
+    viewer.add_image(image, name="new image")
+    viewer.add_image(image, name="labels weight map", metadata={OWN_MAP_KEY: "0"})
+    viewer.layers.selection.active = viewer.layers["training image"]
+    gui = open_widget(viewer)
+    names = [layer.name for layer in gui.image.choices]
+    assert names == ["training image", "new image"]  # the plugin's map is not an image
+    assert gui.image.value.name == "training image"  # the selected one
+    other = make_napari_viewer()
+    other.add_image(image, name="training image")
+    other.add_image(image, name="new image")
+    other.layers.selection.clear()
+    assert open_widget(other).image.value.name == "new image"  # none selected: the newest

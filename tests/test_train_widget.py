@@ -316,3 +316,50 @@ def test_closing_the_viewer_stops_training(qtbot, viewer_with_data):
     qtbot.waitUntil(lambda: len(widget.plot.steps) > 0, timeout=60_000)
     with qtbot.waitSignal(worker.finished, timeout=5_000):
         viewer_with_data.close()
+
+
+def test_a_0_255_mask_is_recognised_and_converted_into_a_new_layer(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    image, labels = make_touching_nuclei((96, 112), seed=0)
+    mask = np.where(labels > 0, 255, 0).astype(np.uint8)
+    viewer.add_image(image, name="nuclei", scale=(0.5, 0.5))
+    layer = viewer.add_labels(mask, name="nuclei mask", scale=(0.5, 0.5))
+    widget = TrainWidget(viewer)
+    row = widget.rows[0]
+    assert row.labels_box.value is layer
+    # ``visible`` is False for any widget of an unshown window; isHidden is not.
+    assert not row.labels_note.native.isHidden()
+    assert "binary mask (0 and 255)" in row.labels_note.value
+    assert not row.convert_button.native.isHidden()
+    row.convert_button.clicked.emit()
+    converted = viewer.layers["nuclei mask instances"]
+    assert row.labels_box.value is converted
+    assert converted.data.max() > 1 and np.array_equal(converted.data > 0, mask > 0)
+    assert tuple(converted.scale) == (0.5, 0.5)
+    assert row.labels_note.native.isHidden() and row.convert_button.native.isHidden()
+    assert layer.name == "nuclei mask" and np.array_equal(layer.data, mask)  # kept as it was
+    assert any("nuclei mask instances" in note for note in notes)
+
+
+def test_the_previews_w0_and_sigma_are_the_ones_trained_with(qtbot, viewer_with_data):
+    from napari_unet.weights import boundary_weight_map
+
+    viewer = viewer_with_data
+    _, preview = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Weight map preview")
+    widget = TrainWidget(viewer)
+    preview.w0.value, preview.sigma.value = 20.0, 2.0
+    assert (widget.w0.value, widget.sigma.value) == (20.0, 2.0)
+    widget.sigma.value = 3.0  # and back: the preview follows Train
+    assert preview.sigma.value == 3.0
+    output = "nuclei labels weight map"
+    qtbot.waitUntil(
+        lambda: output in viewer.layers and not preview._weight_map_preview.busy, timeout=20_000
+    )
+    expected = boundary_weight_map(viewer.layers["nuclei labels"].data, 20.0, 3.0)
+    np.testing.assert_allclose(viewer.layers[output].data, expected, rtol=1e-6)
+    short(widget, steps=2)
+    run_to_end(qtbot, widget)
+    recorded = widget.checkpoint.metadata["train_config"]
+    assert (recorded["w0"], recorded["sigma"]) == (20.0, 3.0)
+    # A dock opened later shows the same values.
+    assert (TrainWidget(viewer).w0.value, TrainWidget(viewer).sigma.value) == (20.0, 3.0)

@@ -23,6 +23,7 @@ import numpy as np
 from napari_unet._validation import check_image, check_labels, check_same_shape
 from napari_unet.augment import random_displacement_field, spline_coefficients, warp
 from napari_unet.inference import ImagePlanes
+from napari_unet.label_kinds import check_semantic_values, read_labels, to_instances
 from napari_unet.metrics import compact_ids
 from napari_unet.normalization import Normalization
 from napari_unet.scaling import model_object_area, object_areas, typical_area
@@ -66,6 +67,8 @@ class TrainingData:
     object_areas: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     #: Instance tasks: the object area of the planes (:mod:`napari_unet.scaling`).
     object_area: float | None = None
+    #: What the user should know about how labels were read (e.g. a binary mask).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_pixels(self) -> int:
@@ -159,6 +162,7 @@ def prepare_training_data(
     if names is not None and len(names) != len(pairs):
         raise ValueError(f"Got {len(names)} names for {len(pairs)} image/label pairs.")
     planes: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    notes: list[str] = []
     for number, ((image, labels), mask) in enumerate(zip(pairs, masks, strict=True), start=1):
         image_name, labels_name = names[number - 1] if names else pair_names(f"pair {number}")
         images, label_planes = split_planes(image, labels, channel_axis, (image_name, labels_name))
@@ -176,7 +180,11 @@ def prepare_training_data(
         ):
             check_same_shape(plane_image, plane_labels, image_name, labels_name)
             if task.instances:
-                plane_labels = compact_ids(plane_labels)
+                reading = read_labels(plane_labels)
+                note = reading.describe(labels_name)
+                if note is not None and note not in notes:
+                    notes.append(note)
+                plane_labels = compact_ids(to_instances(plane_labels, reading))
                 _check_looks_like_labels(plane_labels, labels_name)
             elif plane_labels.max(initial=0) > MAX_SEMANTIC_CLASSES:
                 raise ValueError(
@@ -185,6 +193,8 @@ def prepare_training_data(
                     "one object, use mode 'instances'; if the labels are an image, give the "
                     "image first and the labels second."
                 )
+            else:
+                check_semantic_values(plane_labels, labels_name)
             planes.append((plane_image, plane_labels, plane_mask))
     channels = {p[0].shape[0] for p in planes}
     if len(channels) != 1:
@@ -229,6 +239,7 @@ def prepare_training_data(
         shapes,
         np.concatenate(areas) if areas else np.zeros(0, np.int64),
         model_object_area(plane_areas) if any(plane_areas) else None,
+        notes,
     )
 
 

@@ -44,6 +44,7 @@ from napari_unet.calibration import Calibration, calibrate
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.device import Precision, autocast_dtype, resolve_device
 from napari_unet.inference import InferenceConfig, predict
+from napari_unet.label_kinds import read_labels, to_instances
 from napari_unet.metrics import average_precision
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
@@ -52,6 +53,7 @@ from napari_unet.sampling import (
     Prefetcher,
     TrainingData,
     make_sampler,
+    pair_names,
     prepare_training_data,
     split_planes,
 )
@@ -389,6 +391,14 @@ def train_generator(
         )
     # Fine-tuning keeps the starting model's head.
     task = initial.task if initial is not None else config.task
+    notes: list[str] = []
+    if task.instances:
+        # Masks become instances before anything is held out, so that calibration
+        # and validation score the same objects that training learns.
+        pairs, notes = _as_instances(pairs, [pair_names(n) for n in names or []])
+        if validation is not None:
+            (validation,), more = _as_instances([validation], [pair_names(validation_names)])
+            notes += more
     held_out = None
     if config.calibrate and task.instances and validation is None:
         # Calibration needs annotations the network does not learn from.
@@ -408,6 +418,8 @@ def train_generator(
         sigma=config.sigma,
         names=names,
     )
+    for note in notes + data.notes:
+        yield TrainingMessage(0, note)
     if initial is not None:
         # The starting model's architecture wins over the config's; its tile
         # size must suit that architecture.
@@ -815,6 +827,21 @@ def _smaller_tile(model_config: UNetConfig, tile: int) -> int | None:
     while size > wanted and size - model_config.size_step >= model_config.min_input_size:
         size -= model_config.size_step
     return size if size < tile else None
+
+
+def _as_instances(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], names: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Return the pairs with masks made instances (:mod:`napari_unet.label_kinds`), and notes."""
+    converted, notes = [], []
+    for number, (image, labels) in enumerate(pairs, start=1):
+        reading = read_labels(labels)
+        name = names[number - 1][1] if names else f"pair {number} labels"
+        note = reading.describe(name)
+        if note is not None:
+            notes.append(note)
+        converted.append((image, to_instances(labels, reading)))
+    return converted, notes
 
 
 def _progress(step: int, elapsed: float, config: TrainConfig) -> float:

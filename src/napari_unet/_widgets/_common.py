@@ -67,6 +67,28 @@ def placement(
     return {"scale": scale, "translate": translate}
 
 
+#: Layer metadata key of the plugin's own maps (weight maps), which are not images to use.
+OWN_MAP_KEY = "napari_unet_weight_map_of"
+
+
+def is_own_map(layer: Any) -> bool:
+    """Whether ``layer`` is one of the plugin's maps (not an image to train on or segment)."""
+    return OWN_MAP_KEY in getattr(layer, "metadata", {})
+
+
+def likely_image(viewer: napari.Viewer) -> Any:
+    """Return the Image layer a user most likely means: the selected one, else the newest."""
+    from napari.layers import Image
+
+    active = viewer.layers.selection.active
+    if isinstance(active, Image) and not is_own_map(active):
+        return active
+    images = [
+        layer for layer in viewer.layers if isinstance(layer, Image) and not is_own_map(layer)
+    ]
+    return images[-1] if images else None
+
+
 def labels_array(layer: napari.layers.Labels) -> np.ndarray:
     """Return the data of a Labels layer as a numpy array (full resolution)."""
     data = layer.data[0] if layer.multiscale else layer.data
@@ -171,6 +193,63 @@ class TrainedModels:
 
 
 trained_models = TrainedModels()
+
+
+class BorderSettings:
+    """The weight map's w0 and sigma: one pair of values for the preview and for training.
+
+    The Weight map preview and Train U-Net both show them; what the user sets
+    in one dock is what the other shows and what training uses (and the
+    checkpoint records).
+    """
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self.w0, self.sigma = DEFAULT_W0, DEFAULT_SIGMA
+
+    def set(self, w0: float, sigma: float) -> None:
+        """Change the values (and tell every dock) when they differ."""
+        if (float(w0), float(sigma)) != (self.w0, self.sigma):
+            self.w0, self.sigma = float(w0), float(sigma)
+            self.changed.emit()
+
+    def reset(self) -> None:
+        """Back to the paper's values."""
+        self.set(DEFAULT_W0, DEFAULT_SIGMA)
+
+    def link(self, w0_box: Any, sigma_box: Any) -> BorderLink:
+        """Keep two spin boxes and these settings equal; keep the returned link alive."""
+        return BorderLink(self, w0_box, sigma_box)
+
+
+class BorderLink:
+    """Two spin boxes of one dock tied to :class:`BorderSettings` (both ways)."""
+
+    def __init__(self, settings: BorderSettings, w0_box: Any, sigma_box: Any) -> None:
+        self.settings, self.w0_box, self.sigma_box = settings, w0_box, sigma_box
+        self.pull()
+        w0_box.changed.connect(self.push)
+        sigma_box.changed.connect(self.push)
+        # A bound method: psygnal holds it weakly, so a closed dock is let go.
+        settings.changed.connect(self.pull)
+
+    def push(self, *_: Any) -> None:
+        self.settings.set(self.w0_box.value, self.sigma_box.value)
+
+    def pull(self) -> None:
+        try:
+            if self.w0_box.value != self.settings.w0:
+                self.w0_box.value = self.settings.w0
+            if self.sigma_box.value != self.settings.sigma:
+                self.sigma_box.value = self.settings.sigma
+        except RuntimeError:  # the dock's Qt widgets are gone
+            self.settings.changed.disconnect(self.pull)
+
+
+#: The paper's border weight and width.
+DEFAULT_W0, DEFAULT_SIGMA = 10.0, 5.0
+border_settings = BorderSettings()
 
 
 def describe(checkpoint: Checkpoint) -> str:

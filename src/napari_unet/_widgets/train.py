@@ -33,9 +33,11 @@ from napari_unet._widgets._common import (
     Failure,
     UserError,
     WorkerSlot,
+    border_settings,
     describe,
     guarded,
     image_array,
+    is_own_map,
     labels_array,
     load_engines_in_background,
     placement,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from napari_unet.training import TrainingEvent, TrainingResult
 
 NEW_MODEL = "new model"
+#: Labels layers up to this size are read at once when chosen (masks are recognised).
+MAX_READ_LABELS_PIXELS = 1 << 22
 FROM_FILE = "checkpoint file…"
 MODEL_SIZES = {
     "small (16 base channels, fast on a CPU)": 16,
@@ -65,7 +69,11 @@ OPTIMIZERS = {"Adam (short interactive runs)": "adam", "SGD, momentum 0.99 (the 
 
 
 def _layers_of(viewer: napari.Viewer, kind: type) -> list[tuple[str, Any]]:
-    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+    return [
+        (layer.name, layer)
+        for layer in viewer.layers
+        if isinstance(layer, kind) and not is_own_map(layer)
+    ]
 
 
 class PairRow(Container):
@@ -94,10 +102,66 @@ class PairRow(Container):
                 "pixels outside them are ignored in training. Empty: the whole image counts."
             ),
         )
-        super().__init__(widgets=[self.image, self.labels_box, self.regions], labels=True)
+        self.labels_note = Label(value="", label="", visible=False)
+        self.labels_note.native.setWordWrap(True)
+        self.convert_button = PushButton(
+            text="convert to instances",
+            visible=False,
+            tooltip="Add a new Labels layer with one id per object (your layer is kept).",
+        )
+        super().__init__(
+            widgets=[
+                self.image,
+                self.labels_box,
+                self.labels_note,
+                self.convert_button,
+                self.regions,
+            ],
+            labels=True,
+        )
+        self.viewer = viewer
         # Pre-select the Labels layer whose name starts like the image's, if any.
         self.image.changed.connect(self._match_labels)
+        self.labels_box.changed.connect(self._read_labels)
+        self.convert_button.changed.connect(self.convert_to_instances)
         self._match_labels()
+        self._read_labels()
+
+    def _read_labels(self, *_: Any) -> None:
+        """Say what the chosen labels will be taken as, when they are a mask."""
+        reading = self._reading()
+        note = reading.describe(self.labels_box.value.name) if reading is not None else None
+        self.labels_note.value = note or ""
+        self.labels_note.visible = note is not None
+        self.convert_button.visible = reading is not None and reading.convertible
+
+    def _reading(self) -> Any:
+        from napari_unet.label_kinds import read_labels
+
+        layer = self.labels_box.value
+        if layer is None or layer.multiscale or layer.data.size > MAX_READ_LABELS_PIXELS:
+            return None  # training still reads them; here the main thread must stay quick
+        return read_labels(np.asarray(layer.data))
+
+    def convert_to_instances(self, *_: Any) -> None:
+        """Add "<labels> instances", one id per object, and choose it for this pair."""
+        from napari_unet.label_kinds import to_instances
+
+        layer = self.labels_box.value
+        reading = self._reading()
+        if layer is None or reading is None or not reading.convertible:
+            return
+        converted = self.viewer.add_labels(
+            to_instances(np.asarray(layer.data), reading),
+            name=f"{layer.name} instances",
+            **placement(layer, layer.ndim),
+        )
+        self.labels_box.reset_choices()
+        self.labels_box.value = converted
+        show_info(
+            f"Added {converted.name!r}: {int(converted.data.max())} objects. {layer.name!r} "
+            "is unchanged; check the new layer and correct touching objects."
+        )
 
     def _match_labels(self, *_: Any) -> None:
         image = self.image.value
@@ -239,6 +303,8 @@ class TrainWidget(Container):
             tooltip="About the width of the gaps between touching objects (paper: ~5 px); "
             "the Weight map preview shows its effect.",
         )
+        # The same values as the Weight map preview's: what the user previews is trained.
+        self._border_link = border_settings.link(self.w0, self.sigma)
         self.budget_unit = ComboBox(label="train for", choices=["minutes", "steps"])
         self.budget = FloatSpinBox(label="budget", value=2.0, min=0.1, max=100_000, step=0.5)
         self.model_size = ComboBox(label="model size", choices=list(MODEL_SIZES))

@@ -38,9 +38,11 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from napari_unet._widgets._common import (
+    OWN_MAP_KEY,
     Failure,
     UserError,
     WorkerSlot,
+    border_settings,
     guarded,
     labels_array,
     placement,
@@ -51,7 +53,7 @@ from napari_unet.weights import boundary_weight_map
 __all__ = ["weight_map_planes", "weight_map_widget"]
 
 #: Key in the output layer's ``metadata``: the ``unique_id`` of its Labels layer.
-METADATA_KEY = "napari_unet_weight_map_of"
+METADATA_KEY = OWN_MAP_KEY
 #: Wait this long after the last paint stroke before recomputing (milliseconds).
 DEBOUNCE_MS = 300
 
@@ -547,6 +549,8 @@ def _init_widget(widget: FunctionGui) -> None:
     status = Label(name="status", label="status", value="", gui_only=True)
     status.tooltip = "What the preview is doing: computing, done, or what to fix."
     widget.append(status)
+    # The same values as Train U-Net's: what the user previews is trained.
+    widget._border_link = border_settings.link(widget.w0, widget.sigma)
     preview = _Preview(widget, status)
     # Strong reference: napari and psygnal keep only weak ones to bound methods.
     widget._weight_map_preview = preview
