@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_unet.editing import delete_object, merge_objects, object_at, split_along
 
@@ -53,3 +54,16 @@ def test_one_line_can_split_several_objects():
     plane = two_objects()
     after = split_along(plane, [(0, 15), (19, 15)]).apply(plane)
     assert set(np.unique(after)) == {0, 4, 7, 8, 9}
+
+
+def test_uncertainty_is_the_foreground_entropy_and_ranks_objects():
+    from napari_unet.uncertainty import foreground_uncertainty, least_certain_objects
+
+    foreground = np.array([[0.0, 0.5, 1.0, 0.9]], np.float32)
+    maps = np.stack([foreground, np.zeros_like(foreground)])  # (maps, H, W)
+    uncertainty = foreground_uncertainty(maps)
+    assert uncertainty[0, 1] == pytest.approx(1.0) and uncertainty[0, 2] < 1e-4
+    assert 0.4 < uncertainty[0, 3] < 0.5  # H(0.9) = 0.469 bits
+    labels = np.array([[0, 1, 2, 2]])
+    assert [i for i, _ in least_certain_objects(labels, uncertainty)] == [1, 2]
+    assert least_certain_objects(np.zeros((1, 4), int), uncertainty) == []

@@ -822,3 +822,24 @@ def test_offers_images_not_weight_maps_and_preselects_the_selected_one(make_napa
     other.add_image(image, name="new image")
     other.layers.selection.clear()
     assert open_widget(other).image.value.name == "new image"  # none selected: the newest
+
+
+def test_where_to_annotate_next(make_napari_viewer, qtbot, nuclei):
+    from napari_unet.uncertainty import foreground_uncertainty, least_certain_objects
+
+    viewer, _, gui = viewer_with_a_model(make_napari_viewer, nuclei)
+    session = session_of(gui)
+    assert not session.uncertainty_button.enabled  # nothing segmented yet
+    run_and_wait(qtbot, gui, tile_size=48)
+    output = viewer.layers[-1]
+    assert session.uncertainty_button.enabled
+    session.uncertainty_button.clicked.emit()
+    layer = viewer.layers[f"{output.name} uncertainty"]
+    assert viewer.layers.index(layer) == viewer.layers.index(output) - 1  # under the labels
+    np.testing.assert_allclose(layer.data, foreground_uncertainty(session.kept.maps))
+    assert 0.0 <= layer.data.min() and layer.data.max() <= 1.0
+    worst = least_certain_objects(output.data, layer.data, 10)
+    assert session.status.value.startswith(f"Least certain objects: {worst[0][0]} (")
+    session.uncertainty_button.clicked.emit()  # again: the same layer, updated
+    assert sum(layer.name.endswith("uncertainty") for layer in viewer.layers) == 1
+    assert layer not in gui.image.choices  # a map, not an image to segment

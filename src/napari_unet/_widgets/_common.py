@@ -67,13 +67,16 @@ def placement(
     return {"scale": scale, "translate": translate}
 
 
-#: Layer metadata key of the plugin's own maps (weight maps), which are not images to use.
+#: Layer metadata keys of the plugin's own maps (weight maps, uncertainty of a result),
+#: each holding the id of the layer it was made from; they are not images to use.
 OWN_MAP_KEY = "napari_unet_weight_map_of"
+UNCERTAINTY_KEY = "napari_unet_uncertainty_of"
 
 
 def is_own_map(layer: Any) -> bool:
     """Whether ``layer`` is one of the plugin's maps (not an image to train on or segment)."""
-    return OWN_MAP_KEY in getattr(layer, "metadata", {})
+    metadata = getattr(layer, "metadata", {})
+    return OWN_MAP_KEY in metadata or UNCERTAINTY_KEY in metadata
 
 
 def likely_image(viewer: napari.Viewer) -> Any:

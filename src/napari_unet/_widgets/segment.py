@@ -46,6 +46,7 @@ from qtpy.QtCore import QTimer
 from napari_unet._reader import probability_maps
 from napari_unet._validation import NonFiniteImageError, check_finite
 from napari_unet._widgets._common import (
+    UNCERTAINTY_KEY,
     Failure,
     UserError,
     WorkerSlot,
@@ -75,6 +76,7 @@ from napari_unet.inference import (
 )
 from napari_unet.registry import ModelHashError, available_models, load_model
 from napari_unet.tasks import Postprocess
+from napari_unet.uncertainty import foreground_uncertainty, least_certain_objects
 
 # No ``from __future__ import annotations`` in this module: magicgui reads the
 # annotations of ``segment_widget`` (the return one included) as real types.
@@ -377,6 +379,8 @@ def _channel_axis(
 
 #: Pause after the last change of a labelling setting before labelling again.
 RELABEL_DEBOUNCE_MS = 150
+#: How many of the least certain objects "show where to annotate next" lists.
+LEAST_CERTAIN = 10
 
 
 class _LabellingControls:
@@ -498,7 +502,22 @@ class _Session:
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
         self.labelling = _LabellingControls(self.relabel_soon)
-        gui.extend([self.progress, self.status, self.cancel_button, *self.labelling.widgets])
+        self.uncertainty_button = PushButton(
+            text="show where to annotate next",
+            enabled=False,
+            tooltip="Add a map of how unsure the network is (0 sure, 1 cannot tell) and list "
+            "the least certain objects: the ones to correct and annotate first.",
+        )
+        self.uncertainty_button.changed.connect(self.show_uncertainty)
+        gui.extend(
+            [
+                self.progress,
+                self.status,
+                self.cancel_button,
+                *self.labelling.widgets,
+                self.uncertainty_button,
+            ]
+        )
         # The last in-memory instance result, which the labelling controls re-label.
         self.kept: _Job | None = None
         self.relabel_slot = WorkerSlot()
@@ -754,6 +773,7 @@ class _Session:
             job.labels_layer.data = result.labels
             if job.maps is not None and result.completed:
                 self.kept = job
+                self.uncertainty_button.enabled = True
             if job.probabilities and result.probabilities is not None:
                 self._add_probabilities(job, [result.probabilities])
             done = "tiles"
@@ -822,6 +842,38 @@ class _Session:
                 layers.insert(layers.index(job.labels_layer), layer)
             else:
                 layers.append(layer)
+
+    # -- where to annotate next
+
+    def show_uncertainty(self, *_: Any) -> None:
+        """Add (or update) the last result's uncertainty layer; list the least certain objects."""
+        kept = self.kept
+        if kept is None or kept.maps is None or kept.labels_layer not in kept.viewer.layers:
+            self.status.value = "Segment an image first: the map comes from the last result."
+            return
+        uncertainty = foreground_uncertainty(kept.maps)
+        labels = np.asarray(kept.labels_layer.data)
+        worst = least_certain_objects(labels, uncertainty, LEAST_CERTAIN)
+        layers = kept.viewer.layers
+        owner = str(kept.labels_layer.unique_id)
+        mine = [layer for layer in layers if layer.metadata.get(UNCERTAINTY_KEY) == owner]
+        if mine:
+            mine[0].data = uncertainty
+        else:
+            layer = napari.layers.Image(
+                uncertainty,
+                name=f"{kept.labels_layer.name} uncertainty",
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                metadata={UNCERTAINTY_KEY: owner},
+                **kept.out_placement,
+            )
+            layers.insert(layers.index(kept.labels_layer), layer)  # under the labels
+        listed = ", ".join(f"{object_id} ({score:.2f})" for object_id, score in worst)
+        self.status.value = (
+            f"Least certain objects: {listed}." if worst else "No objects in the result."
+        )
 
     # -- re-labelling the last result (main thread, work in a worker)
 
