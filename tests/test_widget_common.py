@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from napari.qt.threading import create_worker
 
 from napari_unet._widgets._common import WorkerSlot
@@ -66,3 +67,21 @@ def test_stop_sets_the_flag_and_close_drops_results(qtbot):
     count = len(results)
     qtbot.wait(50)
     assert len(results) == count
+
+
+@pytest.mark.parametrize(
+    "dock", ["Train U-Net", "Segment", "Weight map preview", "Correct objects"]
+)
+def test_long_layer_names_do_not_widen_the_docks(make_napari_viewer, dock):
+    from napari_unet._widgets._common import PLUGIN_NAME
+    from napari_unet.synthetic import make_touching_nuclei
+
+    image, labels = make_touching_nuclei((64, 64), seed=0)
+    widths = []
+    for prefix in ("", "a very long layer name from an automated acquisition " * 3):
+        viewer = make_napari_viewer()
+        viewer.add_image(image, name=prefix + "image")
+        viewer.add_labels(labels, name=prefix + "labels")
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, dock)
+        widths.append(widget.native.sizeHint().width())
+    assert widths[1] <= widths[0] + 30, widths

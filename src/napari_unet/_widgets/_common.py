@@ -92,6 +92,27 @@ def likely_image(viewer: napari.Viewer) -> Any:
     return images[-1] if images else None
 
 
+#: Choosers show this many characters of a layer name; longer names are cut, not the canvas.
+CHOOSER_CHARACTERS = 16
+
+
+def keep_narrow(container: Any) -> None:
+    """Keep a dock narrow whatever the layer names: choosers and labels do not grow with text."""
+    from magicgui.widgets import ComboBox, Container, Label
+    from qtpy.QtWidgets import QComboBox
+
+    for widget in container:
+        if isinstance(widget, Container):
+            keep_narrow(widget)
+        elif isinstance(widget, ComboBox):
+            widget.native.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            widget.native.setMinimumContentsLength(CHOOSER_CHARACTERS)
+        elif isinstance(widget, Label):
+            widget.native.setWordWrap(True)
+
+
 def labels_array(layer: napari.layers.Labels) -> np.ndarray:
     """Return the data of a Labels layer as a numpy array (full resolution)."""
     data = layer.data[0] if layer.multiscale else layer.data

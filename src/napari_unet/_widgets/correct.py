@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, RadioButtons
 from napari.layers import Labels
 
+from napari_unet._widgets._common import keep_narrow
 from napari_unet.editing import Edit, delete_object, merge_objects, object_at, split_along
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class CorrectWidget(Container):
         self.layer_box.changed.connect(self._attach)
         self.tool.changed.connect(self._tool_changed)
         self.native.destroyed.connect(lambda *_: self._detach())
+        keep_narrow(self)
 
     # -- which layer --------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from napari_unet._widgets._common import (
     guarded,
     image_array,
     is_own_map,
+    keep_narrow,
     likely_image,
     placement,
     stop_when_closed,
@@ -969,6 +970,7 @@ def _init_widget(gui: FunctionGui) -> None:
     session.sync_folder_row()
     trained_models.changed.connect(session.on_models_changed)
     stop_when_closed(gui.native, session.slot)
+    keep_narrow(gui)
     gui.native.destroyed.connect(lambda *_: session.close())
 
 

@@ -38,6 +38,7 @@ from napari_unet._widgets._common import (
     guarded,
     image_array,
     is_own_map,
+    keep_narrow,
     labels_array,
     load_engines_in_background,
     placement,
@@ -392,12 +393,14 @@ class TrainWidget(Container):
         trained_models.changed.connect(self._models_changed)
         self.native.destroyed.connect(lambda *_: _disconnect(self._models_changed))
         stop_when_closed(self.native, self.slot)
+        keep_narrow(self)
         load_engines_in_background()
 
     # -- layout reactions ------------------------------------------------------------------
 
     def _add_pair(self) -> None:
         row = PairRow(self.viewer, len(self.rows) + 1)
+        keep_narrow(row)
         self.rows.append(row)
         self.pairs.append(row)
         self.remove_pair_button.enabled = True

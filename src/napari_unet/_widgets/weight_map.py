@@ -44,6 +44,7 @@ from napari_unet._widgets._common import (
     WorkerSlot,
     border_settings,
     guarded,
+    keep_narrow,
     labels_array,
     placement,
     stop_when_closed,
@@ -551,6 +552,7 @@ def _init_widget(widget: FunctionGui) -> None:
     widget.append(status)
     # The same values as Train U-Net's: what the user previews is trained.
     widget._border_link = border_settings.link(widget.w0, widget.sigma)
+    keep_narrow(widget)
     preview = _Preview(widget, status)
     # Strong reference: napari and psygnal keep only weak ones to bound methods.
     widget._weight_map_preview = preview
