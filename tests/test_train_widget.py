@@ -82,6 +82,7 @@ def test_stop_ends_training_within_a_second_and_keeps_the_model(qtbot, viewer_wi
     assert time.perf_counter() - started < 1.0
     assert widget.checkpoint is not None, notes
     assert widget.checkpoint.metadata["stop_reason"] == "stopped"
+    assert widget.progress.value < widget.progress.max  # how far it got, not 100%
 
 
 def test_fine_tunes_the_model_just_trained(qtbot, viewer_with_data):
@@ -95,6 +96,8 @@ def test_fine_tunes_the_model_just_trained(qtbot, viewer_with_data):
     assert widget.model_name != first
     assert widget.checkpoint.metadata["fine_tuned_from"]["steps"] == 2
     assert trained_models.names()[:2] == [widget.model_name, first]
+    # The name counts the steps of both runs.
+    assert widget.checkpoint.metadata["total_steps"] == 4 and ", 4 steps" in widget.model_name
 
 
 def test_cells_that_tile_the_image_make_a_tessellating_model(qtbot, viewer_with_data):
@@ -363,3 +366,19 @@ def test_the_previews_w0_and_sigma_are_the_ones_trained_with(qtbot, viewer_with_
     assert (recorded["w0"], recorded["sigma"]) == (20.0, 3.0)
     # A dock opened later shows the same values.
     assert (TrainWidget(viewer).w0.value, TrainWidget(viewer).sigma.value) == (20.0, 3.0)
+
+
+def test_closing_the_dock_mid_run_keeps_the_model(qtbot, viewer_with_data, notes):
+    dock, widget = viewer_with_data.window.add_plugin_dock_widget(PLUGIN_NAME, "Train U-Net")
+    widget.budget_unit.value = "minutes"
+    widget.budget.value = 10
+    worker = widget.start()
+    qtbot.waitUntil(lambda: len(widget.plot.steps) > 0, timeout=60_000)
+    with qtbot.waitSignal(worker.finished, timeout=5_000):
+        viewer_with_data.window.remove_dock_widget(dock)
+    assert len(trained_models.names()) == 1
+    assert any("closed during training" in note for note in notes)
+    # Reopened, the dock can save the session's model at once.
+    reopened = TrainWidget(viewer_with_data)
+    assert reopened.save_button.enabled
+    assert reopened.model_to_save() is trained_models.get(trained_models.names()[0])

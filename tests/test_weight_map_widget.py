@@ -376,3 +376,18 @@ def test_1d_labels_are_refused_with_a_message():
     layer = SimpleNamespace(name="line", multiscale=False, data=np.array([0, 1, 1, 2]))
     with pytest.raises(UserError, match=r"is 1D.*Choose a 2D or 3D Labels layer"):
         _checked_labels(_Request(object(), layer, 10.0, 5.0, True))
+
+
+def test_opens_on_the_labels_with_objects_not_a_new_empty_layer(
+    make_napari_viewer, qtbot, labels, notes
+):
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros_like(labels), name="first, empty")
+    viewer.add_labels(labels, name="nuclei labels")
+    viewer.add_labels(np.zeros_like(labels), name="new annotation")
+    viewer.layers.selection.clear()
+    _, widget, preview = open_widget(viewer)
+    assert widget["labels"].value.name == "nuclei labels"
+    qtbot.waitUntil(lambda: OUTPUT in viewer.layers, timeout=TIMEOUT_MS)
+    settle(qtbot, preview)
+    assert not any("no objects" in note for note in notes)  # no warning about another layer

@@ -539,6 +539,13 @@ def train_generator(
             ),
             "data_shapes": [list(s) for s in data.shapes],
             "steps": result.steps,
+            # With the runs it was fine-tuned from.
+            "total_steps": result.steps
+            + (
+                int(initial.metadata.get("total_steps", initial.metadata.get("steps")) or 0)
+                if initial is not None
+                else 0
+            ),
             "stop_reason": result.stop_reason,
             "final_losses": result.losses[-20:],
             "validation": [

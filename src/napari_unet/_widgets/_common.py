@@ -92,6 +92,24 @@ def likely_image(viewer: napari.Viewer) -> Any:
     return images[-1] if images else None
 
 
+def likely_labels(viewer: napari.Viewer) -> Any:
+    """Return the Labels layer a user most likely means.
+
+    The selected one, else the newest that holds objects (an empty one is
+    usually a new annotation), else the newest.
+    """
+    from napari.layers import Labels
+
+    active = viewer.layers.selection.active
+    if isinstance(active, Labels):
+        return active
+    layers = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    with_objects = [
+        layer for layer in layers if not layer.multiscale and np.asarray(layer.data).any()
+    ]
+    return (with_objects or layers or [None])[-1]
+
+
 #: Choosers show this many characters of a layer name; longer names are cut, not the canvas.
 CHOOSER_CHARACTERS = 16
 
@@ -279,7 +297,8 @@ border_settings = BorderSettings()
 def describe(checkpoint: Checkpoint) -> str:
     """Name a checkpoint briefly: mode, size and training steps."""
     config = checkpoint.model_config
-    steps = checkpoint.metadata.get("steps")
+    # A fine-tuned model counts the steps of the runs it comes from too.
+    steps = checkpoint.metadata.get("total_steps", checkpoint.metadata.get("steps"))
     trained = f", {steps} steps" if steps is not None else ""
     return f"{checkpoint.mode}, base {config.base_channels}{trained}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -332,7 +333,7 @@ class TrainWidget(Container):
         self.preview_every = SpinBox(label="preview every (steps)", value=50, min=1, max=10_000)
         self.train_button = PushButton(text="Train U-Net")
         self.stop_button = PushButton(text="Stop", enabled=False)
-        self.save_button = PushButton(text="Save model…", enabled=False)
+        self.save_button = PushButton(text="Save model…", enabled=bool(trained_models.names()))
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1000)
         self.status = Label(label="status", value="ready")
         super().__init__(
@@ -377,6 +378,7 @@ class TrainWidget(Container):
         self.slot = WorkerSlot()
         self.checkpoint: Checkpoint | None = None  # the last model trained here
         self.model_name: str | None = None
+        self._ran_to_the_end = False  # the last run spent its whole budget
         self._preview_layer: Labels | None = None
         self._request: TrainingRequest | None = None
         self._started = 0.0
@@ -444,6 +446,7 @@ class TrainWidget(Container):
 
     def _models_changed(self) -> None:
         self.start_from.reset_choices()
+        self.save_button.enabled = bool(trained_models.names())
 
     # -- gathering the request -------------------------------------------------------------
 
@@ -588,6 +591,8 @@ class TrainWidget(Container):
         worker = create_worker(_training_events, request, stop_event.is_set, _start_thread=False)
         worker.yielded.connect(self.slot.if_open(self._on_event))
         worker.returned.connect(self.slot.if_open(self._on_result))
+        # Closing the dock stops the run; the model trained so far is kept all the same.
+        worker.returned.connect(partial(_keep_if_closed, self.slot))
         self._request = request
         if request.preview is not None:
             self._prepare_preview_layer(request)
@@ -668,8 +673,8 @@ class TrainWidget(Container):
             show_warning("Training stopped before its first step; no model was made.")
             return
         self.checkpoint = result.checkpoint
-        stamp = time.strftime("%H:%M:%S")
-        name = trained_models.add(result.checkpoint, f"{describe(result.checkpoint)} ({stamp})")
+        self._ran_to_the_end = result.stop_reason == "budget"
+        name = _add_to_session(result.checkpoint)
         self.model_name = name
         self.start_from.value = name  # the next run fine-tunes it (correct, then retrain)
         self.save_button.enabled = True
@@ -685,7 +690,9 @@ class TrainWidget(Container):
     def _on_finished(self) -> None:
         self.train_button.enabled = True
         self.stop_button.enabled = False
-        self.progress.value = self.progress.max if self.checkpoint else self.progress.value
+        # Full only when the budget was spent: a stopped run shows how far it got.
+        if self.checkpoint is not None and self._ran_to_the_end:
+            self.progress.value = self.progress.max
 
     # -- saving ----------------------------------------------------------------------------
 
@@ -702,23 +709,50 @@ class TrainWidget(Container):
         if path and self.save_model(path) is not None:
             settings.setValue("model_folder", str(Path(path).parent))
 
+    def model_to_save(self) -> Checkpoint | None:
+        """Return the session model chosen in *start from*, else the newest of the session."""
+        names = trained_models.names()  # newest first
+        if self.start_from.value in names:
+            return trained_models.get(self.start_from.value)
+        return trained_models.get(names[0]) if names else None
+
     def save_model(self, path: str | Path) -> Path | None:
-        """Save the last trained model to ``path`` (atomically); return the path."""
+        """Save :meth:`model_to_save` to ``path`` (atomically); return the path."""
         from napari_unet.checkpoint import save_checkpoint
 
-        if self.checkpoint is None:
+        checkpoint = self.model_to_save()
+        if checkpoint is None:
             show_error("There is no trained model yet: press Train U-Net first.")
             return None
         path = Path(path)
         if path.suffix != ".pt":
             path = path.with_name(path.name + ".pt")
         try:
-            save_checkpoint(path, self.checkpoint)
+            save_checkpoint(path, checkpoint)
         except OSError as error:
             show_error(f"Could not save the model to {path}: {error}. Choose another folder.")
             return None
         show_info(f"Model saved to {path}.")
         return path
+
+
+def _add_to_session(checkpoint: Checkpoint) -> str:
+    """Add a trained model to the session's list; return its name."""
+    stamp = time.strftime("%H:%M:%S")
+    return trained_models.add(checkpoint, f"{describe(checkpoint)} ({stamp})")
+
+
+def _keep_if_closed(slot: WorkerSlot, result: Any) -> None:
+    """Keep the model of a run whose dock was closed (the open dock handles its own)."""
+    from napari_unet.training import TrainingResult
+
+    if not slot.closed or not isinstance(result, TrainingResult) or result.steps == 0:
+        return
+    name = _add_to_session(result.checkpoint)
+    show_info(
+        f"Train U-Net was closed during training: the model of its {result.steps} steps is "
+        f"kept as {name!r} (Segment lists it; reopen Train U-Net to save it)."
+    )
 
 
 def settings_store() -> Any:

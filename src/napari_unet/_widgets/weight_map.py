@@ -46,6 +46,7 @@ from napari_unet._widgets._common import (
     guarded,
     keep_narrow,
     labels_array,
+    likely_labels,
     placement,
     stop_when_closed,
 )
@@ -557,6 +558,21 @@ def _init_widget(widget: FunctionGui) -> None:
     # Strong reference: napari and psygnal keep only weak ones to bound methods.
     widget._weight_map_preview = preview
     widget.called.connect(preview.request)
+    # Once docked: the selected Labels layer, else the newest with objects (not the first).
+    widget.parent_changed.connect(lambda *_: _choose_likely_labels(widget))
+
+
+def _choose_likely_labels(widget: FunctionGui) -> None:
+    try:
+        viewer = widget.viewer.value
+    except Exception:  # not (yet) in a viewer
+        return
+    layer = likely_labels(viewer) if viewer is not None else None
+    chooser = widget["labels"]  # (widget.labels is magicgui's "show labels" flag)
+    if layer is not None and layer is not chooser.value:
+        chooser.reset_choices()
+        if layer in chooser.choices:
+            chooser.value = layer
 
 
 @magic_factory(
