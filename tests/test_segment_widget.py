@@ -817,6 +817,7 @@ def test_offers_images_not_weight_maps_and_preselects_the_selected_one(make_napa
     names = [layer.name for layer in gui.image.choices]
     assert names == ["training image", "new image"]  # the plugin's map is not an image
     assert gui.image.value.name == "training image"  # the selected one
+    assert gui.model_file.line_edit.value == "" and gui.zarr_folder.line_edit.value == ""
     other = make_napari_viewer()
     other.add_image(image, name="training image")
     other.add_image(image, name="new image")

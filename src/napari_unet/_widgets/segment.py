@@ -971,6 +971,9 @@ def _init_widget(gui: FunctionGui) -> None:
     trained_models.changed.connect(session.on_models_changed)
     stop_when_closed(gui.native, session.slot)
     keep_narrow(gui)
+    # An empty field, not the "." of Path(): nothing is chosen yet.
+    for chooser in (gui.model_file, gui.zarr_folder):
+        chooser.line_edit.value = ""
     gui.native.destroyed.connect(lambda *_: session.close())
 
 
