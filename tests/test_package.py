@@ -65,7 +65,7 @@ def test_every_contributed_widget_opens_from_the_viewer(make_napari_viewer):
 
     manifest = PluginManifest.from_distribution(PLUGIN)
     names = [widget.display_name for widget in manifest.contributions.widgets]
-    assert names == ["Weight map preview", "Train U-Net", "Segment"]
+    assert names == ["Weight map preview", "Train U-Net", "Segment", "Correct objects"]
     viewer = make_napari_viewer()
     for name in names:
         dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)

@@ -85,3 +85,22 @@ def test_long_layer_names_do_not_widen_the_docks(make_napari_viewer, dock):
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, dock)
         widths.append(widget.native.sizeHint().width())
     assert widths[1] <= widths[0] + 30, widths
+
+
+def test_border_settings_keep_every_linked_dock_equal(qtbot):
+    from magicgui.widgets import FloatSpinBox
+
+    from napari_unet._widgets._common import BorderSettings
+
+    settings = BorderSettings()
+    preview = (FloatSpinBox(max=100), FloatSpinBox(max=100))
+    train = (FloatSpinBox(max=100), FloatSpinBox(max=100))
+    links = [settings.link(*preview), settings.link(*train)]
+    preview[0].value, preview[1].value = 20.0, 3.0
+    assert (settings.w0, settings.sigma) == (20.0, 3.0)
+    assert (train[0].value, train[1].value) == (20.0, 3.0)
+    # Both values change at once: no dock sends back a half-updated pair.
+    settings.reset()
+    assert (settings.w0, settings.sigma) == (10.0, 5.0)
+    assert [box.value for box in (*preview, *train)] == [10.0, 5.0, 10.0, 5.0]
+    assert links  # kept alive: the settings hold the links weakly

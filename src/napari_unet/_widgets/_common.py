@@ -270,6 +270,7 @@ class BorderLink:
 
     def __init__(self, settings: BorderSettings, w0_box: Any, sigma_box: Any) -> None:
         self.settings, self.w0_box, self.sigma_box = settings, w0_box, sigma_box
+        self._pulling = False
         self.pull()
         w0_box.changed.connect(self.push)
         sigma_box.changed.connect(self.push)
@@ -277,9 +278,12 @@ class BorderLink:
         settings.changed.connect(self.pull)
 
     def push(self, *_: Any) -> None:
-        self.settings.set(self.w0_box.value, self.sigma_box.value)
+        # Not while pulling: half-updated boxes would send back a stale value.
+        if not self._pulling:
+            self.settings.set(self.w0_box.value, self.sigma_box.value)
 
     def pull(self) -> None:
+        self._pulling = True
         try:
             if self.w0_box.value != self.settings.w0:
                 self.w0_box.value = self.settings.w0
@@ -287,6 +291,8 @@ class BorderLink:
                 self.sigma_box.value = self.settings.sigma
         except RuntimeError:  # the dock's Qt widgets are gone
             self.settings.changed.disconnect(self.pull)
+        finally:
+            self._pulling = False
 
 
 #: The paper's border weight and width.

@@ -965,7 +965,7 @@ def _init_widget(gui: FunctionGui) -> None:
     gui.image.choices = lambda widget: [
         layer for layer in every_image(widget) if not is_own_map(layer)
     ]
-    gui.parent_changed.connect(lambda *_: session.choose_likely_image())
+    gui.native_parent_changed.connect(lambda *_: session.choose_likely_image())
     gui.image.changed.connect(session.sync_folder_row)
     session.sync_folder_row()
     trained_models.changed.connect(session.on_models_changed)

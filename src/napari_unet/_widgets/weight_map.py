@@ -559,7 +559,7 @@ def _init_widget(widget: FunctionGui) -> None:
     widget._weight_map_preview = preview
     widget.called.connect(preview.request)
     # Once docked: the selected Labels layer, else the newest with objects (not the first).
-    widget.parent_changed.connect(lambda *_: _choose_likely_labels(widget))
+    widget.native_parent_changed.connect(lambda *_: _choose_likely_labels(widget))
 
 
 def _choose_likely_labels(widget: FunctionGui) -> None:
