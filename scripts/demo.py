@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 PLUGIN = "napari-unet-segmentation"
-WIDGETS = ("Weight map preview", "Train U-Net", "Segment")
+WIDGETS = ("Weight map preview", "Train U-Net", "Segment", "Correct objects")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +76,7 @@ def screenshot(viewer, path: Path, dock=None) -> Path:
 
 
 def open_viewer():
-    """Return the viewer with the sample data and the docks of the three widgets."""
+    """Return the viewer with the sample data and the docks of the four widgets."""
     import napari
 
     viewer = napari.Viewer(title="U-Net Segmentation demo", show=True)
@@ -179,9 +179,42 @@ def run_workflow(viewer, docks, steps: int, output: Path) -> None:
         f"against the true labels of the synthetic image"
     )
 
-    print("4. Correct the result and train again from the current model")
-    # A biologist would now fix mistakes with the brush and eraser; the demo
-    # copies in the true outline of each object it got wrong.
+    print("4. See where the model is unsure, correct the result, train again")
+    segment.session.value.uncertainty_button.clicked.emit()
+    print(f"  {segment.session.value.status.value}")
+    uncertainty = viewer.layers["new nuclei segmentation uncertainty"]
+    correct = show("Correct objects")
+    correct.layer_box.value = result
+    # A biologist clicks what is wrong; the demo finds it from the true labels:
+    # objects on background are deleted, pieces of one nucleus are merged.
+    from napari_unet._widgets.correct import DELETE, MERGE
+
+    def centre(mask):
+        rows, columns = np.nonzero(mask)
+        inside = np.argmin((rows - rows.mean()) ** 2 + (columns - columns.mean()) ** 2)
+        return (rows[inside], columns[inside])
+
+    correct.tool.value = DELETE
+    for object_id in np.unique(labels)[1:]:
+        mask = labels == object_id
+        if (truth[mask] > 0).mean() < 0.2:
+            correct.click(centre(mask))
+    correct.tool.value = MERGE
+    for object_id in np.unique(truth)[1:]:
+        mask = truth == object_id
+        ids, counts = np.unique(np.asarray(result.data)[mask], return_counts=True)
+        pieces = [i for i, c in zip(ids, counts, strict=True) if i and c > 0.2 * mask.sum()]
+        for piece in pieces[1:]:
+            correct.click(centre(mask & (np.asarray(result.data) == pieces[0])))
+            correct.click(centre(mask & (np.asarray(result.data) == piece)))
+    print(f"  corrected with the tools: {correct.status.value}")
+    uncertainty.visible = True
+    screenshot(viewer, output / "05-correct.png", dock("Correct objects"))
+    uncertainty.visible = False
+    correct.tool.value = "off"
+    # What the tools cannot fix (a missed nucleus) is painted: the demo copies in
+    # the true outline of each object still wrong.
+    labels = np.asarray(result.data)
     corrected = labels.copy()
     next_id = int(corrected.max()) + 1
     for object_id in np.unique(truth)[1:]:
@@ -203,7 +236,7 @@ def run_workflow(viewer, docks, steps: int, output: Path) -> None:
     finished.clear()
     worker.finished.connect(lambda: finished.append(True))
     wait_until(lambda: bool(finished))
-    screenshot(viewer, output / "05-retrain.png", dock("Train U-Net"))
+    screenshot(viewer, output / "06-retrain.png", dock("Train U-Net"))
     print(f"  {train.status.value}")
 
 

@@ -10,18 +10,19 @@ Reproducible and resumable, for one background run on a CPU:
   validation split: they are scored after every chunk and calibrate the
   labelling at the end; the test set is never read here.
 - training: the package's default model and head (``TrainConfig``), for a
-  wall-clock budget cut into chunks. Each chunk continues from the previous
-  chunk's model (a warm restart: Adam and the learning-rate schedule start
-  again, the weights carry on) and is saved, with a JSON log, before the next
-  begins, so an interrupted run resumes from the last finished chunk
-  (``--resume``).
+  wall-clock budget, by default in one run (one learning-rate schedule). With
+  ``--chunk-minutes`` the budget is cut into chunks, each saved with a JSON log
+  before the next begins, so an interrupted run resumes from the last finished
+  chunk (``--resume``); each chunk continues from the previous chunk's model
+  but restarts Adam and the schedule (a warm restart), which cost accuracy in
+  the first pretraining (docs/models/nuclei.md).
 - the end: the labelling is calibrated on the validation split and the model is
   saved as ``OUT/nuclei.pt``, with the log in its metadata.
 
 Progress, with the time left, is printed every minute.
 
-Usage: python scripts/pretrain.py [--data-dir ../shared/data] [--minutes 120]
-       [--chunk-minutes 15] [--out pretrain-output] [--resume]
+Usage: python scripts/pretrain.py [--data-dir ../shared/data] [--minutes 75]
+       [--chunk-minutes MIN] [--out pretrain-output] [--resume]
 """
 
 from __future__ import annotations
@@ -44,8 +45,13 @@ CALIBRATION_FIELDS = 12
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--minutes", type=float, default=120.0, help="total training budget")
-    parser.add_argument("--chunk-minutes", type=float, default=15.0, help="saved after each")
+    parser.add_argument("--minutes", type=float, default=75.0, help="total training budget")
+    parser.add_argument(
+        "--chunk-minutes",
+        type=float,
+        default=None,
+        help="save (and warm-restart) after each chunk; default: one chunk, the whole budget",
+    )
     parser.add_argument("--out", type=Path, default=Path("pretrain-output"))
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--device", default="auto")
@@ -113,6 +119,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.chunk_minutes = args.chunk_minutes or args.minutes
     from dataclasses import replace
 
     from napari_unet._generators import run_to_end
