@@ -382,3 +382,22 @@ def test_closing_the_dock_mid_run_keeps_the_model(qtbot, viewer_with_data, notes
     reopened = TrainWidget(viewer_with_data)
     assert reopened.save_button.enabled
     assert reopened.model_to_save() is trained_models.get(trained_models.names()[0])
+
+
+def test_the_live_preview_shows_an_image_not_trained_on(qtbot, viewer_with_data):
+    viewer = viewer_with_data
+    widget = TrainWidget(viewer)
+    widget.live_preview.value = True
+    widget.preview_every.value = 2
+    assert widget.preview_source().name == "nuclei"  # nothing else: the training image
+    new_image, _ = make_touching_nuclei((80, 72), seed=5)
+    viewer.add_image(new_image, name="new field")
+    assert widget.preview_source().name == "new field"  # by default: not trained on
+    short(widget, steps=4)
+    run_to_end(qtbot, widget)
+    preview = viewer.layers["new field training preview"]
+    assert preview.data.shape == (80, 72)
+    widget.preview_image.value = viewer.layers["nuclei"]  # or the one the user chooses
+    assert widget.preview_source().name == "nuclei"
+    run_to_end(qtbot, widget)
+    assert viewer.layers["nuclei training preview"].data.shape == (96, 112)

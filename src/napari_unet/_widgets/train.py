@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from napari_unet.training import TrainingEvent, TrainingResult
 
 NEW_MODEL = "new model"
+#: Metadata key of a training preview layer: the (Python) id of the image it previews.
+PREVIEW_OF = "napari_unet_training_preview_of"
 #: Labels layers up to this size are read at once when chosen (masks are recognised).
 MAX_READ_LABELS_PIXELS = 1 << 22
 FROM_FILE = "checkpoint file…"
@@ -331,6 +333,17 @@ class TrainWidget(Container):
             text="live preview", tooltip="Segment the visible plane every N steps."
         )
         self.preview_every = SpinBox(label="preview every (steps)", value=50, min=1, max=10_000)
+        self.preview_image = ComboBox(
+            label="preview image",
+            choices=lambda _: _layers_of(viewer, Image),
+            nullable=True,
+            value=None,
+            tooltip=(
+                "The image the live preview segments. Empty: an image not trained on (the "
+                "newest), so the preview shows how the model does on new data; else the "
+                "first training image."
+            ),
+        )
         self.train_button = PushButton(text="Train U-Net")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.save_button = PushButton(text="Save model…", enabled=bool(trained_models.names()))
@@ -361,6 +374,7 @@ class TrainWidget(Container):
                 self.elastic,
                 self.live_preview,
                 self.preview_every,
+                self.preview_image,
                 Container(
                     widgets=[self.train_button, self.stop_button, self.save_button],
                     layout="horizontal",
@@ -374,6 +388,7 @@ class TrainWidget(Container):
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
         self.preview_every.visible = False
+        self.preview_image.visible = False
         self.budget.native.setDecimals(1)
         self.slot = WorkerSlot()
         self.checkpoint: Checkpoint | None = None  # the last model trained here
@@ -388,7 +403,7 @@ class TrainWidget(Container):
         self.budget_unit.changed.connect(self._budget_unit_changed)
         self.start_from.changed.connect(self._start_from_changed)
         self.mode.changed.connect(self._mode_changed)
-        self.live_preview.changed.connect(lambda on: setattr(self.preview_every, "visible", on))
+        self.live_preview.changed.connect(self._live_preview_changed)
         self.train_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self._ask_and_save)
@@ -443,6 +458,26 @@ class TrainWidget(Container):
         self.head.visible = mode == "instances"
         self.tessellate.visible = mode == "instances"
         self.head.enabled = self.start_from.value == NEW_MODEL and mode == "instances"
+
+    def _live_preview_changed(self, on: bool) -> None:
+        self.preview_every.visible = on
+        self.preview_image.visible = on
+
+    def preview_source(self) -> Image | None:
+        """Return the image the live preview segments (see ``preview_image``)."""
+        if self.preview_image.value is not None:
+            return self.preview_image.value
+        first = self.rows[0].image.value
+        if first is None:
+            return None
+        trained = {id(row.image.value) for row in self.rows}
+        # An image the model does not learn from, shaped like the training images.
+        untrained = [
+            layer
+            for _, layer in _layers_of(self.viewer, Image)
+            if id(layer) not in trained and layer.rgb == first.rgb and layer.ndim == first.ndim
+        ]
+        return untrained[-1] if untrained else first
 
     def _models_changed(self) -> None:
         self.start_from.reset_choices()
@@ -558,7 +593,7 @@ class TrainWidget(Container):
         )
         preview = preview_layer = None
         if self.live_preview.value:
-            preview_layer = self.rows[0].image.value
+            preview_layer = self.preview_source()
             preview = self._visible_plane(preview_layer)
         return TrainingRequest(
             pairs, masks, channel_axis, validation, initial, config,
@@ -646,15 +681,20 @@ class TrainWidget(Container):
         when the user presses Train than in the middle of training.
         """
         shape = request.preview.shape[:-1] if request.channel_axis == -1 else request.preview.shape
-        layer = self._preview_layer
-        if layer is not None and layer in self.viewer.layers and layer.data.shape == shape:
+        layer, source = self._preview_layer, request.preview_layer_of
+        if (
+            layer is not None
+            and layer in self.viewer.layers
+            and layer.data.shape == shape
+            and layer.metadata.get(PREVIEW_OF) == id(source)
+        ):
             layer.data = np.zeros(shape, np.uint32)
             return
-        source = request.preview_layer_of
         self._preview_layer = self.viewer.add_labels(
             np.zeros(shape, np.uint32),
             name=f"{source.name} training preview",
             opacity=0.6,
+            metadata={PREVIEW_OF: id(source)},
             **placement(source, 2),
         )
         self.viewer.layers.selection.active = source  # keep the user's selection
