@@ -844,3 +844,19 @@ def test_where_to_annotate_next(make_napari_viewer, qtbot, nuclei):
     session.uncertainty_button.clicked.emit()  # again: the same layer, updated
     assert sum(layer.name.endswith("uncertainty") for layer in viewer.layers) == 1
     assert layer not in gui.image.choices  # a map, not an image to segment
+
+
+def test_relabelling_never_replaces_the_users_corrections(make_napari_viewer, qtbot, nuclei):
+    viewer, _, gui = viewer_with_a_model(make_napari_viewer, nuclei)
+    session = session_of(gui)
+    run_and_wait(qtbot, gui, tile_size=48)
+    output = viewer.layers[-1]
+    first = int(np.max(output.data))
+    rows, columns = np.nonzero(np.asarray(output.data) == first)
+    output.data_setitem((rows, columns), 0)  # the user deletes an object (undoable)
+    corrected = np.array(output.data)
+    session.labelling.min_size.value = 5
+    qtbot.wait(2 * segment_module.RELABEL_DEBOUNCE_MS + 200)
+    qtbot.waitUntil(lambda: not session.relabel_slot.running, timeout=TIMEOUT_MS)
+    np.testing.assert_array_equal(output.data, corrected)
+    assert "corrected by hand" in session.status.value

@@ -209,6 +209,11 @@ class _Job:
     # and the factor each plane was resampled by (its labelling sizes scale with it).
     maps: np.ndarray | None = None
     scales: list[float] = field(default_factory=list)
+    # The user has corrected the result by hand (paint, fill, Correct objects).
+    corrected: bool = False
+
+    def mark_corrected(self, *_: Any) -> None:
+        self.corrected = True
 
     @property
     def plane_shape(self) -> tuple[int, ...]:
@@ -775,6 +780,8 @@ class _Session:
             if job.maps is not None and result.completed:
                 self.kept = job
                 self.uncertainty_button.enabled = True
+                # Re-labelling must not silently replace the user's corrections.
+                job.labels_layer.events.paint.connect(job.mark_corrected)
             if job.probabilities and result.probabilities is not None:
                 self._add_probabilities(job, [result.probabilities])
             done = "tiles"
@@ -890,6 +897,12 @@ class _Session:
             return None
         if kept.labels_layer not in kept.viewer.layers:
             self.kept = None  # the user removed the result: nothing to update
+            return None
+        if kept.corrected:
+            self.status.value = (
+                "The result has been corrected by hand, so it is not labelled again (that "
+                "would replace your corrections). The new settings apply to the next Run."
+            )
             return None
         if self.relabel_slot.running:
             self._relabel_again = True  # the latest settings win, without piling up workers
