@@ -14,7 +14,12 @@ import time
 import pytest
 from qtpy.QtCore import QTimer
 
-from napari_unet._widgets._common import PLUGIN_NAME, engines_ready, trained_models
+from napari_unet._widgets._common import (
+    PLUGIN_NAME,
+    engines_ready,
+    load_engines_in_background,
+    trained_models,
+)
 from napari_unet._widgets.train import TrainWidget
 
 TICK_MS = 5
@@ -148,3 +153,125 @@ def test_viewer_stays_responsive_while_segmenting_a_slide_into_a_store(
     )
     assert meter.ticks > 100
     assert running < STALL_LIMIT_S
+
+
+@pytest.mark.slow
+def test_the_whole_correction_workflow_stays_responsive(qtbot, make_napari_viewer):
+    """Preview -> train -> segment -> re-label -> correct -> retrain on a 1024x1024 field.
+
+    Prints the longest event-loop stall of each phase, clicks and layer additions
+    included (docs/benchmarks.md); every phase must stay under the project's limit
+    (issue 16 asks for 100 ms: the Run click that adds the result layer is above it).
+    """
+    import numpy as np
+
+    from napari_unet._widgets.correct import DELETE, MERGE, SPLIT
+    from napari_unet.synthetic import make_touching_nuclei
+
+    viewer = make_napari_viewer()
+    image, labels = make_touching_nuclei((1024, 1024), seed=3)
+    viewer.add_image(image, name="field")
+    viewer.add_labels(labels, name="field labels")
+    load_engines_in_background()  # as opening a widget does; a one-time cost, measured above
+    qtbot.waitUntil(engines_ready.is_set, timeout=60_000)
+    # What the user will click on, found before the clock runs (the test's own work).
+    ids = [i for i in np.unique(labels)[1:] if (labels == i).sum() > 60][:3]
+    inside = [np.argwhere(labels == i)[len(np.argwhere(labels == i)) // 2] for i in ids]
+    rows = np.argwhere(labels == ids[1])[:, 0]
+    column = int(np.argwhere(labels == ids[1])[:, 1].mean())
+    cut = [(int(rows.min()) - 2, column), (int(rows.max()) + 2, column)]
+    stalls: dict[str, float] = {}
+    with StallMeter() as meter:
+
+        def measure(name: str, action) -> None:
+            qtbot.wait(30)  # the ticks so far belong to the phase before
+            start = time.perf_counter()
+            action()
+            qtbot.wait(30)
+            end = time.perf_counter()
+            stalls[name] = max((s for s, when in meter.stalls if start <= when <= end), default=0)
+
+        def preview_phase():
+            _, preview = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Weight map preview")
+            preview.w0.value, preview.sigma.value = 12.0, 4.0
+            qtbot.waitUntil(lambda: "field labels weight map" in viewer.layers, timeout=60_000)
+            qtbot.waitUntil(lambda: not preview._weight_map_preview.busy, timeout=60_000)
+
+        measure("weight map preview (dock, layer, w0 and sigma changed)", preview_phase)
+        _, train = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Train U-Net")
+        _, segment = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Segment")
+        _, correct = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Correct objects")
+
+        def train_phase():
+            train.budget_unit.value, train.budget.value = "steps", 6
+            worker = train.start()
+            with qtbot.waitSignal(worker.finished, timeout=120_000):
+                pass
+
+        measure("train", train_phase)
+        recorded = train.checkpoint.metadata["train_config"]
+        assert (recorded["w0"], recorded["sigma"]) == (12.0, 4.0)
+
+        def segment_phase():
+            segment.image.value = viewer.layers["field"]
+            segment.model.value = train.model_name
+            worker = segment()  # adds the result layer at the click
+            with qtbot.waitSignal(worker.finished, timeout=120_000):
+                pass
+
+        measure("segment (result layer added at the click)", segment_phase)
+        result = viewer.layers["field segmentation"]
+        session = segment.session.value
+        relabel_s = []
+
+        def relabel(control, value):
+            def action():
+                session.status.value = ""
+                changed = time.perf_counter()
+                control.value = value
+                qtbot.waitUntil(
+                    lambda: "with the new settings" in session.status.value, timeout=10_000
+                )
+                relabel_s.append(time.perf_counter() - changed)
+
+            return action
+
+        measure("re-label: threshold", relabel(session.labelling.threshold, 0.3))
+        measure("re-label: smallest object", relabel(session.labelling.min_size, 5000))
+        # Six steps make a poor model: the user would paint the nuclei it missed; the
+        # test puts in the true ones, so that the tools work on real objects.
+        result.data = labels.astype(result.data.dtype)
+
+        def correct_phase():
+            correct.layer_box.value = result
+            correct.tool.value = DELETE
+            correct.click(inside[0])
+            qtbot.wait(10)
+            correct.tool.value = MERGE
+            correct.click(inside[1])
+            correct.click(inside[2])
+            qtbot.wait(10)
+            correct.tool.value = SPLIT
+            correct.draw(cut)
+            correct.tool.value = "off"
+
+        measure("correct: delete, merge, split", correct_phase)
+        assert ids[0] not in np.asarray(result.data)
+
+        def retrain_phase():
+            train.add_pair_button.clicked.emit()
+            train.rows[1].image.value = viewer.layers["field"]
+            train.rows[1].labels_box.value = result
+            train.budget.value = 3
+            worker = train.start()
+            with qtbot.waitSignal(worker.finished, timeout=120_000):
+                pass
+
+        measure("retrain from the corrected result", retrain_phase)
+        assert train.checkpoint.metadata["fine_tuned_from"] is not None
+
+    for name, stall in stalls.items():
+        print(f"\n  {name}: longest event-loop stall {stall * 1000:.0f} ms")
+    print(f"  re-labelling took {', '.join(f'{s:.2f}' for s in relabel_s)} s (150 ms debounce)")
+    assert max(relabel_s) < 1.0
+    assert max(stalls.values()) < STALL_LIMIT_S, stalls
