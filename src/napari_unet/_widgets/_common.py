@@ -131,6 +131,19 @@ def keep_narrow(container: Any) -> None:
             widget.native.setWordWrap(True)
 
 
+def choose_likely_layer(gui: Any, chooser: Any, likely: Callable[[Any], Any]) -> None:
+    """Set ``chooser`` to ``likely(viewer)`` once ``gui`` (with a viewer parameter) is docked."""
+    try:
+        viewer = gui.viewer.value
+    except Exception:  # not (yet) in a viewer
+        return
+    layer = likely(viewer) if viewer is not None else None
+    if layer is not None and layer is not chooser.value:
+        chooser.reset_choices()
+        if layer in chooser.choices:
+            chooser.value = layer
+
+
 def labels_array(layer: napari.layers.Labels) -> np.ndarray:
     """Return the data of a Labels layer as a numpy array (full resolution)."""
     data = layer.data[0] if layer.multiscale else layer.data

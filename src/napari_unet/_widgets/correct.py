@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, RadioButtons
 from napari.layers import Labels
 
-from napari_unet._widgets._common import keep_narrow
+from napari_unet._widgets._common import keep_narrow, likely_labels
 from napari_unet.editing import Edit, delete_object, merge_objects, object_at, split_along
 
 if TYPE_CHECKING:
@@ -64,12 +64,9 @@ class CorrectWidget(Container):
     # -- which layer --------------------------------------------------------------------
 
     def _choose_likely_layer(self) -> None:
-        active = self.viewer.layers.selection.active
-        layers = [layer for _, layer in _labels_layers(self.viewer)]
-        if isinstance(active, Labels):
-            self.layer_box.value = active
-        elif layers:
-            self.layer_box.value = layers[-1]
+        layer = likely_labels(self.viewer)
+        if layer is not None:
+            self.layer_box.value = layer
 
     def _layers_changed(self, *_: Any) -> None:
         try:

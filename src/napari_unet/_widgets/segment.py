@@ -50,6 +50,7 @@ from napari_unet._widgets._common import (
     Failure,
     UserError,
     WorkerSlot,
+    choose_likely_layer,
     guarded,
     image_array,
     is_own_map,
@@ -555,19 +556,6 @@ class _Session:
         """Show the file chooser only when the checkpoint-file entry is chosen."""
         self.gui.model_file.visible = self.gui.model.value == FILE_CHOICE
 
-    def choose_likely_image(self) -> None:
-        """Choose the selected Image layer, else the newest (once docked in a viewer)."""
-        try:
-            viewer = self.gui.viewer.value
-        except Exception:  # not (yet) in a viewer
-            return
-        if viewer is None:
-            return
-        self.gui.image.reset_choices()
-        layer = likely_image(viewer)
-        if layer is not None and layer in self.gui.image.choices:
-            self.gui.image.value = layer
-
     def sync_folder_row(self) -> None:
         """Show the zarr folder chooser only for an image that is segmented into a store."""
         image = self.gui.image.value
@@ -978,7 +966,7 @@ def _init_widget(gui: FunctionGui) -> None:
     gui.image.choices = lambda widget: [
         layer for layer in every_image(widget) if not is_own_map(layer)
     ]
-    gui.native_parent_changed.connect(lambda *_: session.choose_likely_image())
+    gui.native_parent_changed.connect(lambda *_: choose_likely_layer(gui, gui.image, likely_image))
     gui.image.changed.connect(session.sync_folder_row)
     session.sync_folder_row()
     trained_models.changed.connect(session.on_models_changed)

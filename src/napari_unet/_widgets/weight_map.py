@@ -43,6 +43,7 @@ from napari_unet._widgets._common import (
     UserError,
     WorkerSlot,
     border_settings,
+    choose_likely_layer,
     guarded,
     keep_narrow,
     labels_array,
@@ -559,20 +560,10 @@ def _init_widget(widget: FunctionGui) -> None:
     widget._weight_map_preview = preview
     widget.called.connect(preview.request)
     # Once docked: the selected Labels layer, else the newest with objects (not the first).
-    widget.native_parent_changed.connect(lambda *_: _choose_likely_labels(widget))
-
-
-def _choose_likely_labels(widget: FunctionGui) -> None:
-    try:
-        viewer = widget.viewer.value
-    except Exception:  # not (yet) in a viewer
-        return
-    layer = likely_labels(viewer) if viewer is not None else None
-    chooser = widget["labels"]  # (widget.labels is magicgui's "show labels" flag)
-    if layer is not None and layer is not chooser.value:
-        chooser.reset_choices()
-        if layer in chooser.choices:
-            chooser.value = layer
+    # (widget.labels is magicgui's "show labels" flag; the chooser is widget["labels"].)
+    widget.native_parent_changed.connect(
+        lambda *_: choose_likely_layer(widget, widget["labels"], likely_labels)
+    )
 
 
 @magic_factory(
