@@ -136,6 +136,15 @@ def run(
         f"{scores['n_pred']} objects; {checkpoint.postprocess}",
         flush=True,
     )
+    calibration = checkpoint.metadata.get("calibration")
+    if calibration:
+        print(
+            f"    labelling on {calibration['on']}: {calibration['metric']} "
+            f"{calibration['score']:.3f} (start {calibration['default_score']:.3f}, "
+            f"{'kept' if calibration.get('kept_start') else 'changed'}, "
+            f"{calibration.get('objects')} objects)",
+            flush=True,
+        )
     return {**scores, "steps": result.steps, "wait": wait, "curve": curve, "predict_s": seconds}
 
 

@@ -95,6 +95,26 @@ def test_training_data_records_the_planes_object_area():
     assert semantic.object_area is None
 
 
+def test_fine_tuning_data_are_brought_to_the_models_object_area():
+    """Discs of ~80 px for a model that knows ~320 px: planes, labels and masks doubled."""
+    image, labels = discs((96, 80), 5, 24)
+    mask = np.zeros(labels.shape, bool)
+    mask[:60] = True
+    model_area = 4.0 * median_object_area(labels)
+    data = prepare_training_data(
+        [(image, labels)], task="three-class", masks=[mask], object_area=model_area
+    )
+    (sample,) = data.samples
+    assert sample.image.shape == (1, 192, 160)  # twice the size
+    assert (sample.weights[120:] == 0).all() and (sample.weights[:118] > 0).any()  # the mask
+    assert data.object_area == model_area  # the model keeps its scale
+    assert np.median(data.object_areas) == pytest.approx(model_area, rel=0.1)
+    assert data.shapes == [(1, 96, 80)]  # as given
+    # Objects of the model's size are used as they are.
+    same = prepare_training_data([(image, labels)], object_area=median_object_area(labels))
+    assert same.samples[0].image.shape == (1, 96, 80)
+
+
 def test_calibration_chooses_sizes_at_the_model_scale():
     """Specks of 5 px and objects of ~30 px, in an image at half the model's scale."""
     from napari_unet.calibration import calibrate

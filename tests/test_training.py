@@ -315,7 +315,7 @@ def test_training_calibrates_the_labelling_and_says_where(nuclei, with_validatio
     config = TrainConfig(steps=3, **{**TINY, "calibrate": True})
     events, result = run(train_generator([(image, labels)], config, validation=validation))
     messages = [e.text for e in events if isinstance(e, TrainingMessage)]
-    assert len(messages) == 1 and "calibrated" in messages[0]
+    assert len(messages) == 1 and messages[0].startswith("Labelling settings")
     assert ("validation image" in messages[0]) == with_validation
     calibration = result.checkpoint.metadata["calibration"]
     assert ("validation" in calibration["on"]) == with_validation
@@ -416,6 +416,31 @@ def test_validation_scores_the_first_annotated_plane(nuclei):
     alone = run(train_generator([(image, labels)], config, validation=(image, labels)))[0]
     (expected,) = [e for e in alone if isinstance(e, ValidationResult)]
     assert result.loss == pytest.approx(expected.loss) and result.score == expected.score
+
+
+def test_without_a_validation_pair_the_held_out_rows_are_scored_as_training_goes(monkeypatch):
+    """Quality feedback beside the loss, on the rows held out for calibration."""
+    image, labels = make_touching_nuclei((128, 128), n_nuclei=40, seed=5)
+    config = TrainConfig(steps=4, validation_every=2, **{**TINY, "calibrate": True})
+    # Scoring may take a small share of the time only; after one pass, none here.
+    monkeypatch.setattr(training, "HELD_OUT_SCORING_SHARE", 0.0)
+    events, _ = run(train_generator([(image, labels)], config))
+    assert [e.step for e in events if isinstance(e, ValidationResult)] == [2]
+    monkeypatch.setattr(training, "HELD_OUT_SCORING_SHARE", 1e9)
+    events, result = run(train_generator([(image, labels)], config))
+    messages = [e.text for e in events if isinstance(e, TrainingMessage)]
+    assert any("held out of training" in text for text in messages)
+    validation = [e for e in events if isinstance(e, ValidationResult)]
+    assert [v.step for v in validation] == [2, 4]
+    assert all(v.score_name == "AP@0.5" and np.isfinite(v.loss) for v in validation)
+    # The last score is the final network's AP on those rows, with the default labelling.
+    cut = round(labels.shape[0] * (1 - training.HOLD_OUT_FRACTION))
+    prediction = predict(
+        result.model, image, task=result.checkpoint.task,
+        config=InferenceConfig(device="cpu", precision="fp32"),
+    )  # fmt: skip
+    expected = average_precision(labels[cut:], prediction.labels[cut:], 0.5)
+    assert validation[-1].score == pytest.approx(expected)
 
 
 def test_training_reads_channel_axes_like_inference(nuclei):

@@ -26,7 +26,15 @@ from napari_unet.inference import ImagePlanes
 from napari_unet.label_kinds import check_semantic_values, read_labels, to_instances
 from napari_unet.metrics import compact_ids
 from napari_unet.normalization import Normalization
-from napari_unet.scaling import model_object_area, object_areas, typical_area
+from napari_unet.scaling import (
+    model_object_area,
+    object_areas,
+    resize_image,
+    resize_labels,
+    scale_factor,
+    scaled_shape,
+    typical_area,
+)
 from napari_unet.tasks import Task, get_task, task_for
 
 if TYPE_CHECKING:
@@ -121,6 +129,7 @@ def prepare_training_data(
     w0: float = 10.0,
     sigma: float = 5.0,
     names: Sequence[PairNames] | None = None,
+    object_area: float | None = None,
 ) -> TrainingData:
     """Turn (image, labels) pairs into normalised training planes with weight maps.
 
@@ -146,6 +155,10 @@ def prepare_training_data(
     names : sequence of (str, str), optional
         Per pair, what messages call its image and labels (e.g. the file names);
         default "pair 1 image", "pair 1 labels", ...
+    object_area : float, optional
+        Instance tasks: the object area of the model being fine-tuned. Each
+        plane is resampled so that its objects have it, as an image to segment
+        is (:mod:`napari_unet.scaling`), and the data keep it as theirs.
 
     Raises
     ------
@@ -217,12 +230,17 @@ def prepare_training_data(
         n_classes = task.n_classes(0)
     samples, shapes, areas, plane_areas = [], [], [], []
     for plane_image, plane_labels, plane_mask in planes:
+        shape = plane_image.shape
+        if task.instances and object_area is not None:
+            plane_image, plane_labels, plane_mask = _at_object_area(
+                plane_image, plane_labels, plane_mask, object_area
+            )
         sample = _make_sample(
             plane_image, plane_labels, plane_mask, task, n_classes, normalization, w0, sigma
         )
         if sample is not None:
             samples.append(sample)
-            shapes.append(plane_image.shape)
+            shapes.append(shape)
             if task.instances:
                 areas.append(object_areas(plane_labels, plane_mask))
                 plane_areas.append(typical_area(areas[-1]))
@@ -238,8 +256,23 @@ def prepare_training_data(
         task,
         shapes,
         np.concatenate(areas) if areas else np.zeros(0, np.int64),
-        model_object_area(plane_areas) if any(plane_areas) else None,
+        object_area or (model_object_area(plane_areas) if any(plane_areas) else None),
         notes,
+    )
+
+
+def _at_object_area(
+    image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, object_area: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Resample a ``(C, H, W)`` plane, its labels and mask so its objects have ``object_area``."""
+    factor = scale_factor(typical_area(object_areas(labels, mask)), object_area)
+    if factor == 1.0:
+        return image, labels, mask
+    shape = scaled_shape(labels.shape, factor)
+    return (
+        resize_image(image, shape),
+        resize_labels(labels, shape),
+        None if mask is None else resize_labels(mask, shape),
     )
 
 

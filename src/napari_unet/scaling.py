@@ -9,8 +9,11 @@ diameter, a model keeps its *object area*, and an image to segment is
 resampled by the factor that brings its objects to that area; the maps are
 resampled back to the image's own grid and labelled there, with the size
 limits scaled to match (:meth:`~napari_unet.tasks.Postprocess.at_scale`).
-Training planes are used as they are (resampling them to one size measured
-worse on DSB 2018 than learning from all scales; see docs/benchmarks.md).
+A new model's training planes are used as they are (resampling them to one
+size measured worse on DSB 2018 than learning from all scales; see
+docs/benchmarks.md). A model that is fine-tuned keeps its object area: the new
+training planes are brought to it as images to segment are, so the network
+goes on learning at the scale it knows and its labelling sizes stay valid.
 
 The rule, in one place:
 
@@ -54,6 +57,7 @@ __all__ = [
     "model_object_area",
     "object_areas",
     "resize_image",
+    "resize_labels",
     "resize_maps",
     "scale_factor",
     "scaled_shape",
@@ -157,6 +161,24 @@ def resize_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         anti_aliasing=smaller,  # a Gaussian of (1 / factor - 1) / 2 px: none on channels
         preserve_range=True,
     ).astype(np.float32)
+
+
+def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resample an ``(H, W)`` label (or mask) plane to ``shape`` by nearest neighbour.
+
+    Ids are kept as they are; objects much smaller than a pixel of the new grid
+    may vanish.
+    """
+    labels = np.asarray(labels)
+    rows = np.minimum(
+        ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.intp),
+        labels.shape[0] - 1,
+    )
+    cols = np.minimum(
+        ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.intp),
+        labels.shape[1] - 1,
+    )
+    return labels[np.ix_(rows, cols)]
 
 
 def resize_maps(maps: np.ndarray, shape: Sequence[int]) -> np.ndarray:

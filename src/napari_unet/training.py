@@ -1,11 +1,11 @@
 """Training engine: the paper's weighted loss, augmented tiles, a generator of events.
 
 :func:`train_generator` yields a :class:`TrainingProgress` every step and a
-:class:`ValidationResult` every ``validation_every`` steps when a validation
-pair is given, and returns a :class:`TrainingResult` (the model and its
-checkpoint). :func:`train` runs it to the end. Stopping is cooperative: a
-``should_stop`` callable is polled every step and the model trained so far is
-returned.
+:class:`ValidationResult` every ``validation_every`` steps (on the validation
+pair, or on the annotations held out for calibration), and returns a
+:class:`TrainingResult` (the model and its checkpoint). :func:`train` runs it
+to the end. Stopping is cooperative: a ``should_stop`` callable is polled
+every step and the model trained so far is returned.
 
 Data flow: :mod:`napari_unet.sampling` prepares each (image, labels) pair
 once (normalised, with the task's targets and weights) and draws augmented
@@ -141,7 +141,8 @@ class TrainConfig:
     rotate : bool
         Also rotate tiles by a random angle (besides 90-degree steps).
     validation_every : int
-        Steps between validation passes (when a validation pair is given).
+        Steps between validation passes (on the validation pair, or without one
+        on the annotations held out for calibration).
     seed : int, optional
         Makes a CPU run reproducible.
     device : str
@@ -249,7 +250,10 @@ class TrainingProgress:
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """Emitted every ``validation_every`` steps when a validation pair is given.
+    """Emitted every ``validation_every`` steps: the validation pair's scores.
+
+    Without a validation pair, the annotations held out for calibration are
+    scored (when there are enough to hold out).
 
     ``score`` is the average precision at IoU 0.5 (instances) or the mean
     intersection over union of the classes (semantic).
@@ -407,6 +411,11 @@ def train_generator(
             pairs, masks = held_out.pairs, held_out.masks
             if names is not None:
                 names = [names[number] for number in held_out.kept]
+    # A fine-tuned model goes on learning at its own scale (napari_unet.scaling).
+    tessellate = config.tessellate or (
+        initial is not None and initial.postprocess is not None and initial.postprocess.tessellate
+    )
+    object_area = initial.object_area if initial is not None and not tessellate else None
     data = prepare_training_data(
         pairs,
         task=task,
@@ -417,6 +426,7 @@ def train_generator(
         w0=config.w0,
         sigma=config.sigma,
         names=names,
+        object_area=object_area,
     )
     for note in notes + data.notes:
         yield TrainingMessage(0, note)
@@ -432,7 +442,8 @@ def train_generator(
         model_config.output_shape((config.tile_size, config.tile_size))
     else:
         model_config = config.model_config(data.in_channels, data.n_classes)
-    validation_data = validation_plane = None
+    scored = None
+    start_settings = initial.postprocess if initial is not None else None
     if validation is not None:
         images, label_planes = split_planes(*validation, channel_axis, validation_names)
         labelled = [i for i, plane in enumerate(label_planes) if plane.any()]
@@ -442,16 +453,47 @@ def train_generator(
                 "objects of the validation image, or train without a validation pair."
             )
         # Score the first annotated plane, the one prepare_training_data keeps first.
-        validation_plane = (images[labelled[0]], label_planes[labelled[0]])
-        validation_data = prepare_training_data(
-            [validation],
-            task=task,
-            channel_axis=channel_axis,
-            normalization=normalization,
-            n_classes=data.n_classes,
-            w0=config.w0,
-            sigma=config.sigma,
-            names=[validation_names],
+        scored = _Validation(
+            prepare_training_data(
+                [validation],
+                task=task,
+                channel_axis=channel_axis,
+                normalization=normalization,
+                n_classes=data.n_classes,
+                w0=config.w0,
+                sigma=config.sigma,
+                names=[validation_names],
+            ),
+            images[labelled[0]],
+            label_planes[labelled[0]],
+            slice(None),
+            object_area,
+            start_settings,
+        )
+    elif held_out is not None:
+        # Without a validation pair, the part held out for calibration is scored
+        # as training goes: quality feedback beside the loss.
+        image, truth, rows = held_out.planes[0]
+        region = np.zeros(truth.shape, bool)
+        region[rows] = True
+        scored = _Validation(
+            prepare_training_data(
+                [(image, truth)],
+                task=task,
+                masks=[region],
+                channel_axis=0,
+                normalization=normalization,
+                n_classes=data.n_classes,
+                w0=config.w0,
+                sigma=config.sigma,
+            ),
+            image,
+            truth,
+            rows,
+            object_area,
+            start_settings,
+            # Not asked for: it must not cost the user's budget much.
+            share=HELD_OUT_SCORING_SHARE,
         )
     device = resolve_device(config.device)
     amp = autocast_dtype(device, config.precision, "training")
@@ -467,8 +509,7 @@ def train_generator(
         result = yield from _train_loop(
             model,
             data,
-            validation_data,
-            validation_plane,
+            scored,
             normalization,
             config,
             device,
@@ -491,8 +532,8 @@ def train_generator(
             "(change them in the Segment widget).",
         )
     elif config.calibrate and task.instances and result.steps > 0:
-        if validation_plane is not None:
-            planes, where = [(*validation_plane, slice(None))], "the validation image"
+        if validation is not None:
+            planes, where = [(scored.image, scored.truth, slice(None))], "the validation image"
         elif held_out is not None:
             planes, where = held_out.planes, held_out.description
         else:
@@ -509,13 +550,24 @@ def train_generator(
                 normalization,
                 data.object_area,
                 start=postprocess,
+                # A fine-tuned model's settings were chosen on its earlier annotations.
+                prefer_start=initial is not None,
             )
             postprocess = calibration.postprocess
-            yield TrainingMessage(
-                result.steps,
-                f"Labelling settings calibrated on {where}: {calibration.metric} "
-                f"{calibration.score:.2f} (defaults {calibration.default_score:.2f}).",
-            )
+            previous = "previous" if initial is not None else "default"
+            if calibration.kept_start:
+                text = (
+                    f"Labelling settings checked on {where}: the {previous} ones kept "
+                    f"({calibration.metric} {calibration.score:.2f}); no other setting was "
+                    f"clearly better on {calibration.n_objects} objects."
+                )
+            else:
+                text = (
+                    f"Labelling settings calibrated on {where}: {calibration.metric} "
+                    f"{calibration.score:.2f} ({previous} settings "
+                    f"{calibration.default_score:.2f})."
+                )
+            yield TrainingMessage(result.steps, text)
     result.checkpoint = Checkpoint.from_model(
         model,
         mode=task.mode,
@@ -532,6 +584,8 @@ def train_generator(
                     "default_score": calibration.default_score,
                     "planes": calibration.n_planes,
                     "on": where,
+                    "objects": calibration.n_objects,
+                    "kept_start": calibration.kept_start,
                     "median_object_area": float(np.median(data.object_areas)),
                 }
                 if calibration is not None
@@ -603,6 +657,8 @@ def _calibration_planes(
 #: Share of the rows of the largest training image held out for calibration when
 #: there are too few images to hold whole ones out, and the fewest objects there.
 HOLD_OUT_FRACTION = 0.2
+#: The largest share of the training time spent scoring the held-out part as training goes.
+HELD_OUT_SCORING_SHARE = 0.03
 MIN_HELD_OUT_OBJECTS = 5
 
 
@@ -681,18 +737,21 @@ def calibrate_on(
     object_area: float | None = None,
     device: str = "cpu",
     start: Postprocess | None = None,
+    prefer_start: bool = False,
 ) -> Calibration:
     """Segment ``(C, H, W)`` image planes once and calibrate the labelling on their labels.
 
     Each plane comes with the rows to score: the whole plane is segmented (for
-    context), the maps and labels of those rows are compared. Planes are
+    context), the maps and labels of those rows are compared, leaving out the
+    objects cut in two where the rows begin. Planes are
     segmented as a user's images will be: brought to the model's
     ``object_area`` when it has one, so the size limits found apply there.
-    ``start`` is passed to :func:`~napari_unet.calibration.calibrate` (its
-    ``tessellate`` chooses the score).
+    ``start`` and ``prefer_start`` are passed to
+    :func:`~napari_unet.calibration.calibrate` (``start.tessellate`` chooses the
+    score).
     """
-    maps, scales = [], []
-    for image, _, rows in planes:
+    maps, scales, ignore = [], [], []
+    for image, labels, rows in planes:
         prediction = predict(
             model,
             image,
@@ -707,17 +766,35 @@ def calibrate_on(
         )
         maps.append(task.tile_maps(np.asarray(prediction.probabilities))[:, rows])
         scales.append(prediction.scales[0])
+        ignore.append(_cut_objects(labels, rows))
     if object_area is not None:
         object_areas = np.array([object_area])  # sizes are relative to the model's objects
     truths = [labels[rows] for _, labels, rows in planes]
-    return calibrate(task, maps, truths, object_areas, start=start, scales=scales)
+    return calibrate(
+        task,
+        maps,
+        truths,
+        object_areas,
+        start=start,
+        scales=scales,
+        ignore=ignore,
+        prefer_start=prefer_start,
+    )
+
+
+def _cut_objects(labels: np.ndarray, rows: slice) -> np.ndarray | None:
+    """Within ``rows``, the pixels of the objects that the rows' first edge cuts in two."""
+    first = rows.start or 0
+    if first == 0:
+        return None
+    crossing = np.intersect1d(labels[first - 1], labels[first])
+    return np.isin(labels[rows], crossing[crossing > 0])
 
 
 def _train_loop(
     model: UNet,
     data: TrainingData,
-    validation_data: TrainingData | None,
-    validation_plane: tuple[np.ndarray, np.ndarray] | None,
+    scored: _Validation | None,
     normalization: Normalization,
     config: TrainConfig,
     device: torch.device,
@@ -799,10 +876,14 @@ def _train_loop(
                 learning_rate=optimizer.param_groups[0]["lr"],
                 data_wait_fraction=waited / max(elapsed, 1e-9),
             )
-            if validation_data is not None and step % config.validation_every == 0:
-                result = _validate(
-                    model, step, validation_data, validation_plane, normalization, config, device
-                )
+            if (
+                scored is not None
+                and step % config.validation_every == 0
+                and scored.affordable(elapsed)
+            ):
+                began = time.perf_counter()
+                result = _validate(model, step, scored, normalization, device)
+                scored.seconds += time.perf_counter() - began
                 validations.append(result)
                 yield result
                 model.train()
@@ -906,29 +987,52 @@ def _step(
     return value
 
 
+@dataclass
+class _Validation:
+    """What is scored every ``validation_every`` steps.
+
+    A validation pair, or without one the annotations held out for calibration.
+    """
+
+    data: TrainingData  # targets and weights of the whole plane, at its own scale
+    image: np.ndarray  # (C, H, W)
+    truth: np.ndarray  # (H, W)
+    rows: slice  # the rows scored
+    object_area: float | None  # the model's, when fine-tuning
+    postprocess: Postprocess | None  # the labelling to score (None: the task's default)
+    #: At most this share of the training time (None: every ``validation_every`` steps).
+    share: float | None = None
+    seconds: float = 0.0  # spent scoring so far
+
+    def affordable(self, elapsed: float) -> bool:
+        """Whether scoring now keeps the time spent on it within ``share``."""
+        return self.share is None or self.seconds <= self.share * elapsed
+
+
 def _validate(
     model: UNet,
     step: int,
-    data: TrainingData,
-    plane: tuple[np.ndarray, np.ndarray],
+    scored: _Validation,
     normalization: Normalization,
-    config: TrainConfig,
     device: torch.device,
 ) -> ValidationResult:
-    """Loss and score of the current model on the validation plane (whole image).
+    """Loss and score of the current model on the validation plane.
 
-    The plane goes through the same overlap-tile inference as a user's image.
+    The whole plane goes through the same overlap-tile inference as a user's
+    image; the loss and the score are taken on its scored rows.
     """
-    image, truth = plane
+    data, rows = scored.data, scored.rows
     sample = data.samples[0]
     prediction = predict(
         model,
-        image,
+        scored.image,
         channel_axis=0,
         task=data.task,
         normalization=normalization,
+        postprocess=scored.postprocess,
         config=InferenceConfig(device=str(device), precision="fp32"),
         return_probabilities=True,
+        object_area=scored.object_area,
     )
     probabilities = torch.from_numpy(np.asarray(prediction.probabilities))[None]
     loss = float(
@@ -940,7 +1044,8 @@ def _validate(
     )
     labels = np.asarray(prediction.labels)
     if data.task.instances:
-        return ValidationResult(step, loss, average_precision(truth, labels, 0.5), "AP@0.5")
+        score = average_precision(scored.truth[rows], labels[rows], 0.5)
+        return ValidationResult(step, loss, score, "AP@0.5")
     annotated = sample.weights > 0
     ious = []
     for k in range(data.n_classes):
