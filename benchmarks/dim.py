@@ -7,11 +7,13 @@ levels above it, then Poisson (shot) noise is drawn and the result stored as
 8-bit, as a dim camera frame would be. Train on rows 0-255 for ``--minutes``,
 segment rows 256-511, score against the true nuclei.
 
-Two rows: the settings before issue 12 (the paper's head, fixed labelling
-thresholds, no calibration) and the current default (three-class head,
-labelling calibrated on the training annotations).
+Three rows: the settings before issue 12 (the paper's head, fixed labelling
+thresholds, no calibration), a new three-class model with its labelling
+calibrated on the training annotations, and the pretrained ``nuclei`` model
+fine-tuned the same way (what the Train widget does by default).
 
 Usage: python benchmarks/dim.py [--minutes 5] [--repeats 3] [--before-repeats 1] [--signal 15]
+       [--rows scratch pretrained]
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from _data import add_data_argument, data_directory, read_nuclei
 from _report import add_device_argument, describe_device, print_instance_table
 from training import SPLIT, run
 
+from napari_unet.registry import DEFAULT_START, load_model
+
 
 def dim_frame(image: np.ndarray, signal: float, background: float, seed: int) -> np.ndarray:
     """Scale ``image`` to ``background + signal * contrast`` gray levels, with shot noise."""
@@ -32,9 +36,10 @@ def dim_frame(image: np.ndarray, signal: float, background: float, seed: int) ->
     return np.clip(counts, 0, 255).astype(np.uint8)
 
 
-SETTINGS = {
-    "before (paper head, fixed thresholds)": {"head": "paper", "calibrate": False},
-    "now (three-class head, calibrated)": {},
+ROWS = {
+    "before": "before (paper head, fixed thresholds)",
+    "scratch": "a new model (three-class head, calibrated)",
+    "pretrained": f"fine-tuned from {DEFAULT_START!r} (the Train widget's default)",
 }
 
 
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument(
         "--before-repeats", type=int, default=1, help="seeds of the 'before' row (0 skips it)"
     )
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     add_device_argument(parser)
     args = parser.parse_args()
     image, labels = read_nuclei(data_directory(args.data_dir))
@@ -59,13 +65,19 @@ def main() -> None:
         f"{np.percentile(background, 99):.0f}), nuclei mean {frame[labels > 0].mean():.1f} "
         f"gray levels; {len(np.unique(labels[SPLIT:])) - 1} true nuclei in rows 256-511"
     )
+    settings = {
+        "before": {"head": "paper", "calibrate": False},
+        "scratch": {},
+        "pretrained": {"initial": load_model(DEFAULT_START)},
+    }
     table = {}
-    for name, settings in SETTINGS.items():
-        repeats = args.before_repeats if name.startswith("before") else args.repeats
-        table[name] = [
-            run(frame, labels, args.minutes, seed, args.device, **settings)
-            for seed in range(repeats)
-        ]
+    for row in args.rows:
+        repeats = args.before_repeats if row == "before" else args.repeats
+        if repeats:
+            table[ROWS[row]] = [
+                run(frame, labels, args.minutes, seed, args.device, **settings[row])
+                for seed in range(repeats)
+            ]
     print(f"\n{args.minutes:g} CPU minutes; median (min-max) of the runs")
     print_instance_table(table)
 

@@ -9,7 +9,7 @@ user would click it, and saves screenshots of the napari window to ``--output``:
 
 0. segment the sample with the pretrained ``nuclei`` model, before any training;
 1. preview the boundary weight map of the labels;
-2. train a U-Net (with a live preview), then save it;
+2. train a U-Net (by default fine-tuning ``nuclei``; with a live preview), then save it;
 3. segment a new image, tiles streaming into a Labels layer;
 4. correct the result and train again from the current model.
 """
@@ -136,8 +136,11 @@ def run_workflow(viewer, docks, steps: int, output: Path) -> None:
     weight_layer.visible = False
     viewer.layers["nuclei labels"].opacity = 0.7
 
-    print(f"2. Train U-Net for {steps} steps (live preview every 50 steps)")
     train = show("Train U-Net")
+    print(
+        f"2. Train U-Net for {steps} steps, starting from {train.start_from.value!r} "
+        "(live preview every 50 steps)"
+    )
     train.budget_unit.value = "steps"
     train.budget.value = steps
     train.live_preview.value = True

@@ -207,6 +207,8 @@ def test_the_whole_correction_workflow_stays_responsive(qtbot, make_napari_viewe
         measure("weight map preview: w0 and sigma changed", preview_phase)
 
         def train_phase():
+            # A new model: six steps make a poor one, which the correction below then mends.
+            train.start_from.value = "new model"
             train.budget_unit.value, train.budget.value = "steps", 6
             worker = train.start()
             with qtbot.waitSignal(worker.finished, timeout=120_000):

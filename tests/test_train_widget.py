@@ -87,6 +87,7 @@ def test_stop_ends_training_within_a_second_and_keeps_the_model(qtbot, viewer_wi
 
 def test_fine_tunes_the_model_just_trained(qtbot, viewer_with_data):
     widget = TrainWidget(viewer_with_data)
+    widget.start_from.value = "new model"
     short(widget, steps=2)
     run_to_end(qtbot, widget)
     first = widget.model_name
@@ -112,15 +113,25 @@ def test_cells_that_tile_the_image_make_a_tessellating_model(qtbot, viewer_with_
     assert widget.tessellate.value
 
 
-def test_fine_tunes_the_pretrained_model(qtbot, viewer_with_data):
+def test_fine_tunes_the_pretrained_model_by_default(qtbot, viewer_with_data):
     widget = TrainWidget(viewer_with_data)
-    assert "nuclei" in widget.start_from.choices
-    widget.start_from.value = "nuclei"
-    assert not widget.model_size.enabled and widget.head.value == "three-class"
+    assert widget.start_from.value == "nuclei"  # instances start from it unless chosen
+    assert not widget.model_size.enabled and not widget.head.enabled
+    assert widget.head.value == "three-class" == load_model("nuclei").head
     short(widget, steps=2)
     run_to_end(qtbot, widget)
     assert widget.checkpoint.metadata["fine_tuned_from"]["steps"] > 2  # the pretraining's
     assert widget.checkpoint.normalization == load_model("nuclei").normalization
+
+
+def test_semantic_mode_starts_a_new_model(viewer_with_data):
+    widget = TrainWidget(viewer_with_data)
+    widget.mode.value = "semantic"  # the nuclei model cannot learn classes
+    assert widget.start_from.value == "new model" and widget.model_size.enabled
+    widget.mode.value = "instances"
+    assert widget.start_from.value == "new model"  # the user's choice now stays
+    widget.start_from.value = "nuclei"
+    assert widget.mode.value == "instances" and widget.start_from.value == "nuclei"
 
 
 def test_partial_annotation_with_a_region_layer_and_live_preview(qtbot, viewer_with_data):

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from napari_unet.checkpoint import Checkpoint
 
 __all__ = [
+    "DEFAULT_START",
     "MODELS_ENV",
     "ModelEntry",
     "ModelHashError",
@@ -55,6 +56,10 @@ __all__ = [
     "sha256_of",
 ]
 
+#: The shipped model that training of instances starts from unless the user chooses: on
+#: the nuclei image, 5 CPU minutes of fine-tuning it beat as many from scratch
+#: (docs/benchmarks.md).
+DEFAULT_START = "nuclei"
 #: Environment variable that overrides the user's models folder.
 MODELS_ENV = "NAPARI_UNET_MODELS"
 MODEL_SUFFIXES = (".pt", ".zip")
