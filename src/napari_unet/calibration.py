@@ -90,14 +90,8 @@ def _outside(labels: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
     return np.where(dropped[labels], 0, labels) if dropped.any() else labels
 
 
-def _plane_score(
-    truth: np.ndarray, labels: np.ndarray, tessellate: bool, ignore: np.ndarray | None = None
-) -> float:
-    """How well ``labels`` reproduce ``truth``: AP@0.5, or 1 - Rand error when tessellating.
-
-    Objects mostly in ``ignore`` are not scored (``truth`` is already without them).
-    """
-    labels = _outside(labels, ignore)
+def _plane_score(truth: np.ndarray, labels: np.ndarray, tessellate: bool) -> float:
+    """How well ``labels`` reproduce ``truth``: AP@0.5, or 1 - Rand error when tessellating."""
     if tessellate:
         return 1.0 - rand_error(truth, labels)
     return match_instances(truth, labels, 0.5).average_precision
@@ -189,12 +183,13 @@ def calibrate(
         totals = np.zeros(len(min_sizes))
         for plane_maps, truth, scale, mask in zip(maps, truths, scales, ignores, strict=True):
             plane_settings = replace(settings, min_size=0).at_scale(scale)
-            labels = np.asarray(task.label_plane(plane_maps, plane_settings))
+            # Objects left out once: the smallest-object rule drops whole objects too.
+            labels = _outside(np.asarray(task.label_plane(plane_maps, plane_settings)), mask)
             sizes = np.bincount(labels.ravel().astype(np.intp))
             for index, smallest in enumerate(min_sizes):
                 here = round(smallest / scale**2)
                 kept = labels if here == 0 else np.where(sizes[labels] >= here, labels, 0)
-                totals[index] += _plane_score(truth, kept, start.tessellate, mask)
+                totals[index] += _plane_score(truth, kept, start.tessellate)
         return totals / len(maps)
 
     seeds_from_foreground = len(task.map_names) == 1
@@ -228,9 +223,8 @@ def calibrate(
             [
                 _plane_score(
                     truth,
-                    task.label_plane(plane_maps, start.at_scale(scale)),
+                    _outside(task.label_plane(plane_maps, start.at_scale(scale)), mask),
                     start.tessellate,
-                    mask,
                 )
                 for plane_maps, truth, scale, mask in zip(
                     maps, truths, scales, ignores, strict=True
