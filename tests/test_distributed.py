@@ -546,7 +546,12 @@ def test_a_three_class_store_equals_predict(stack, tmp_path):
     )
     image = stack[0]
     result = segment_to_zarr(
-        three_class, image, tmp_path / "a.zarr", block_shape=(64, 64), probabilities=True
+        three_class,
+        image,
+        tmp_path / "a.zarr",
+        block_shape=(64, 64),
+        probabilities=True,
+        config=CONFIG,
     )
     expected = reference(three_class, image, return_probabilities=True)
     np.testing.assert_array_equal(result.labels[...], expected.labels)
