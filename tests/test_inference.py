@@ -26,7 +26,7 @@ from napari_unet.inference import (
     tile_starts,
 )
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.normalization import Normalization
+from napari_unet.normalization import NOISY_PLANE, Normalization, noise_level
 from napari_unet.postprocess import label_instances
 from napari_unet.synthetic import make_touching_nuclei
 from napari_unet.tasks import PaperInstances
@@ -57,10 +57,10 @@ def tiny_unet(depth=2, in_channels=1, n_classes=2, padding="valid", seed=0):
 
 
 def normalised(image, normalization, channel_axis=None):
-    """(C, H, W) image scaled with its own statistics, as inference does per plane."""
+    """(C, H, W) image scaled with its own statistics (smoothed if noisy), as inference does."""
     chw = image[np.newaxis] if channel_axis is None else np.moveaxis(image, channel_axis, 0)
-    low, high = normalization.statistics(chw)
-    return Normalization.apply(chw, low, high)
+    low, high, sigma = normalization.prepare(chw)
+    return Normalization.apply(Normalization.smooth(chw, sigma), low, high)
 
 
 def whole_image_probabilities(model, chw):
@@ -407,6 +407,37 @@ def test_tiles_are_yielded_as_they_finish():
     assert {tile.plane for tile in tiles} == {0}
     assert covered.all()
     assert (probabilities_out >= 0).all()
+
+
+def test_a_noisy_plane_is_smoothed_whole_and_streams_at_its_own_index(nuclei_image):
+    """A dim, shot-noise frame in a stack is smoothed before the network; a clean one is not."""
+    rng = np.random.default_rng(4)
+    dim = rng.poisson(2.6 + 3.4 * (nuclei_image > np.median(nuclei_image))).astype(np.float32)
+    stack = np.stack([nuclei_image.astype(np.float32), dim])
+    model = tiny_unet(depth=2)
+    normalization = Normalization()
+    assert normalization.prepare(stack[:1])[2] == 0.0
+    assert normalization.prepare(stack[1:])[2] > 0.0
+    planes = []
+    prediction = run_to_end(
+        predict_generator(
+            model,
+            stack,
+            task="semantic",
+            normalization=normalization,
+            config=InferenceConfig(tile_shape=(28, 36), **FP32),
+            return_probabilities=True,
+            predictor=centre_crop_predictor(model.config.border, scale=(1.0, 2.0)),
+        ),
+        lambda tile: planes.append(tile.plane),
+    )
+    assert sorted(set(planes)) == [0, 1] and planes == sorted(planes)
+    for index in (0, 1):
+        expected = normalised(stack[index], normalization)[0]
+        np.testing.assert_allclose(prediction.probabilities[index, 0], expected, atol=1e-6)
+    # Smoothed: the frame's pixel noise is now below the limit, and was above it.
+    unsmoothed = normalised(dim, Normalization(smooth_noisy=False))
+    assert noise_level(prediction.probabilities[1, :1]) < NOISY_PLANE < noise_level(unsmoothed)
 
 
 def test_should_stop_ends_early_and_keeps_finished_tiles():

@@ -10,6 +10,7 @@ import pytest
 
 from napari_unet import normalization as normalization_module
 from napari_unet.normalization import Normalization
+from napari_unet.synthetic import make_touching_nuclei
 
 
 class RecordingArray:
@@ -135,9 +136,19 @@ def test_constant_image_gives_no_nan():
 def test_to_dict_from_dict_round_trip():
     normalization = Normalization(0.5, 99.5)
     data = normalization.to_dict()
-    assert data == {"method": "percentile", "low_percentile": 0.5, "high_percentile": 99.5}
+    assert data == {
+        "method": "percentile",
+        "low_percentile": 0.5,
+        "high_percentile": 99.5,
+        "smooth_noisy": True,
+    }
     assert Normalization.from_dict(json.loads(json.dumps(data))) == normalization
     assert Normalization.from_dict(Normalization().to_dict()) == Normalization()
+    off = Normalization(smooth_noisy=False)
+    assert Normalization.from_dict(off.to_dict()) == off
+    # Checkpoints written before the option smooth noisy planes too.
+    old = {"method": "percentile", "low_percentile": 1.0, "high_percentile": 99.8}
+    assert Normalization.from_dict(old) == Normalization()
 
 
 def test_from_dict_rejects_unknown_methods():
@@ -158,3 +169,60 @@ def test_bad_percentiles_raise(low, high):
 
 def test_extreme_valid_percentiles():
     assert Normalization(0.0, 100.0).high_percentile == 100.0
+
+
+# ---------------------------------------------------------------------------
+# Noisy planes (shot-noise-limited frames) are smoothed
+# ---------------------------------------------------------------------------
+
+
+def _dim_frame(seed=0):
+    """Disks of ~6 photons over a background of ~2.6, Poisson-sampled, 8-bit: a dim frame."""
+    yy, xx = np.mgrid[:200, :200]
+    signal = np.zeros((200, 200))
+    for row, col in [(50, 50), (60, 140), (140, 70), (150, 150)]:
+        signal[(yy - row) ** 2 + (xx - col) ** 2 < 20**2] = 1.0
+    return np.random.default_rng(seed).poisson(2.6 + 3.4 * signal).astype(np.uint8)[None]
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.1, 0.3])
+def test_noise_level_estimates_white_noise(sigma):
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0, 1, 300)[None, None, :] * np.ones((1, 300, 1))  # smooth content
+    noisy = ramp + rng.normal(0, sigma, (1, 300, 300))
+    assert normalization_module.noise_level(noisy) == pytest.approx(sigma, rel=0.1)
+    assert normalization_module.noise_level(ramp) < 1e-5
+    assert normalization_module.noise_level(np.zeros((1, 2, 50))) == 0.0
+
+
+def test_only_noisy_planes_are_smoothed():
+    normalization = Normalization()
+    clean = make_touching_nuclei((157, 203), n_nuclei=25, seed=1)[0][None].astype(np.float32)
+    low, high, sigma = normalization.prepare(clean)
+    assert sigma == 0.0
+    np.testing.assert_array_equal(np.stack([low, high]), np.stack(normalization.statistics(clean)))
+
+    dim = _dim_frame()
+    low, high, sigma = normalization.prepare(dim)
+    assert sigma == normalization_module.SMOOTHING_SIGMA
+    # The percentiles are those of the plane as it is; smoothing and scaling commute.
+    np.testing.assert_array_equal(np.stack([low, high]), np.stack(normalization.statistics(dim)))
+    smoothed = Normalization.smooth(dim, sigma)
+    np.testing.assert_allclose(
+        Normalization.apply(smoothed, low, high),
+        Normalization.smooth(Normalization.apply(dim, low, high), sigma),
+        atol=1e-5,
+    )
+    assert normalization_module.noise_level(Normalization.apply(dim, low, high)) > 0.05
+    assert normalization_module.noise_level(Normalization.apply(smoothed, low, high)) < 0.05
+    # Turned off, the same frame is left as it is.
+    assert Normalization(smooth_noisy=False).prepare(dim)[2] == 0.0
+
+
+def test_noise_is_judged_on_a_central_window_only():
+    dim = np.tile(_dim_frame(), (1, 11, 11))  # 2200 x 2200: statistics subsample it too
+    normalization = Normalization()
+    recording = RecordingArray(dim)
+    assert normalization.prepare(recording)[2] > 0
+    assert normalization_module.NOISE_WINDOW**2 in recording.reads
+    assert max(recording.reads) < dim.size

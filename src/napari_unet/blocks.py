@@ -83,13 +83,14 @@ class BlockPlan:
 
 @dataclass(frozen=True)
 class BlockTask:
-    """One block of one plane, and that plane's normalisation statistics."""
+    """One block of one plane, and that plane's normalisation (statistics, smoothing)."""
 
     plane: int
     rows: slice
     cols: slice
     low: np.ndarray
     high: np.ndarray
+    smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,10 @@ class BlockWindow:
     :func:`~napari_unet.inference.tiled_predict` uses (``height``, ``width``,
     ``read_mirrored``) in block coordinates, so the tile loop runs unchanged.
     The pixels come from :meth:`ImagePlanes.read_mirrored` on the whole plane:
-    the image itself around the block, mirrored only at the image edge.
+    the image itself around the block, mirrored only at the image edge. A noisy
+    plane's block (``smoothing`` > 0) is read with a margin the Gaussian
+    reaches into and smoothed, so that it equals the same box of the whole
+    plane smoothed, as :func:`~napari_unet.inference.predict_generator` does.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class BlockWindow:
         tile_shape: tuple[int, int],
         border: int,
         align: int,
+        smoothing: float = 0.0,
     ) -> None:
         self.height = rows.stop - rows.start
         self.width = cols.stop - cols.start
@@ -135,13 +140,18 @@ class BlockWindow:
         extent_h = tile_starts(self.height, tile_shape[0], align)[-1] + tile_shape[0]
         extent_w = tile_starts(self.width, tile_shape[1], align)[-1] + tile_shape[1]
         self._border = border
-        self._box = planes.read_mirrored(
+        # scipy's Gaussian reaches int(4 sigma + 0.5) pixels (its default truncate).
+        reach = int(4 * smoothing + 0.5) if smoothing else 0
+        box = planes.read_mirrored(
             plane,
-            rows.start - border,
-            cols.start - border,
-            extent_h + 2 * border,
-            extent_w + 2 * border,
+            rows.start - border - reach,
+            cols.start - border - reach,
+            extent_h + 2 * (border + reach),
+            extent_w + 2 * (border + reach),
         )
+        if reach:
+            box = Normalization.smooth(box, smoothing)[:, reach:-reach, reach:-reach]
+        self._box = box
 
     def read_mirrored(self, plane: int, top: int, left: int, height: int, width: int) -> np.ndarray:
         """Return the box at (``top``, ``left``) in block coordinates (``plane`` is implied)."""
@@ -176,7 +186,14 @@ def run_block(
     start = time.perf_counter()
     planes = ImagePlanes(image, plan.channel_axis)
     window = BlockWindow(
-        planes, task.plane, task.rows, task.cols, plan.tile_shape, plan.border, plan.align
+        planes,
+        task.plane,
+        task.rows,
+        task.cols,
+        plan.tile_shape,
+        plan.border,
+        plan.align,
+        task.smoothing,
     )
     shape = (window.height, window.width)
     task_ = get_task(plan.task)

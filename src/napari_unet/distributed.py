@@ -310,11 +310,11 @@ def segment_to_zarr_generator(
         border,
     )
 
-    # Normalisation statistics once per plane, on the whole plane, as predict does.
+    # Normalisation decided once per plane, on the whole plane, as predict does.
     tasks = []
     for plane in range(planes.n_planes):
-        low, high = normalization.statistics(planes.plane_view(plane))
-        tasks += [BlockTask(plane, rows, cols, low, high) for rows, cols in regions]
+        low, high, smoothing = normalization.prepare(planes.plane_view(plane))
+        tasks += [BlockTask(plane, rows, cols, low, high, smoothing) for rows, cols in regions]
 
     zarr = import_optional("zarr")
     remove_leftover(partial)

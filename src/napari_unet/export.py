@@ -50,7 +50,7 @@ from napari_unet.bioimageio import CONFIG_KEY, PACKAGE_FORMAT_VERSION
 from napari_unet.checkpoint import Checkpoint
 from napari_unet.inference import ImagePlanes, ModelPredictor
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.normalization import Normalization
+from napari_unet.normalization import NOISY_PLANE, SMOOTHING_SIGMA, Normalization
 from napari_unet.tasks import Task
 
 __all__ = [
@@ -196,11 +196,19 @@ def _postprocessing_text(checkpoint: Checkpoint) -> str:
 
 
 def _normalization_text(normalization: Normalization) -> str:
-    return (
+    text = (
         f"per image and channel: (x - p{normalization.low_percentile:g}) / "
         f"(p{normalization.high_percentile:g} - p{normalization.low_percentile:g}), with "
         "pN the N-th percentile of that channel's intensities (numpy.percentile, linear)"
     )
+    if normalization.smooth_noisy:
+        text += (
+            f"; napari-unet first smooths a noisy image (estimated pixel noise above "
+            f"{NOISY_PLANE:g} of that range) with a Gaussian of sigma {SMOOTHING_SIGMA:g} px "
+            "(percentiles of the image as it is), which this description leaves out: "
+            "smooth very dim, shot-noise-limited frames before giving them to this model"
+        )
+    return text
 
 
 def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:

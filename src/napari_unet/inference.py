@@ -657,7 +657,12 @@ def predict_generator(
     scales: list[float] = []
     for plane in range(planes.n_planes):
         index = np.unravel_index(plane, planes.plane_shape) if planes.plane_shape else ()
-        low, high = normalization.statistics(planes.plane_view(plane))
+        low, high, sigma = normalization.prepare(planes.plane_view(plane))
+        smoothed = (
+            Normalization.smooth(planes.read_mirrored(plane, 0, 0, *spatial), sigma)
+            if sigma and _fits_in_memory(spatial, "smoothed against its noise")
+            else None
+        )
         factor, passes = 1.0, 1
         if rescaling and config.object_diameter == "auto":
             passes = MAX_PASSES
@@ -665,7 +670,7 @@ def predict_generator(
             factor = scale_factor(area_of_diameter(float(config.object_diameter)), object_area)
         factor = factor if _fits_resampled(spatial, factor) else 1.0
         while True:
-            run = _ScaledPass(planes, plane, factor, task, probabilities is not None)
+            run = _ScaledPass(planes, plane, factor, task, probabilities is not None, smoothed)
             tiles = tiled_predict(
                 run.planes,
                 run.plane,
@@ -743,23 +748,46 @@ def _fits_resampled(spatial: tuple[int, int], factor: float) -> bool:
     return False
 
 
+def _fits_in_memory(spatial: tuple[int, int], what: str) -> bool:
+    """Whether a whole plane can be read into memory to be ``what`` (else: logged)."""
+    if spatial[0] * spatial[1] <= MAX_RESAMPLED_PIXELS:
+        return True
+    logger.warning("A %dx%d plane is too large to be %s; it is left as it is.", *spatial, what)
+    return False
+
+
 class _ScaledPass:
     """One pass of the network over a plane resampled by ``factor`` (1.0: as it is).
 
-    Keeps the instance maps (and, when asked, the probabilities) of the pass at
-    its own scale, and maps its tiles back onto the image for streaming.
+    A plane that is resampled or ``smoothed`` (a noisy plane, see
+    :meth:`Normalization.prepare`) is held in memory, so that its tiles stay
+    exact; otherwise tiles are read lazily from the image. Keeps
+    the instance maps (and, when asked, the probabilities) of the pass at its
+    own scale, and maps its tiles back onto the image for streaming.
     """
 
     def __init__(
-        self, planes: ImagePlanes, plane: int, factor: float, task: Task, keep_probabilities: bool
+        self,
+        planes: ImagePlanes,
+        plane: int,
+        factor: float,
+        task: Task,
+        keep_probabilities: bool,
+        smoothed: np.ndarray | None = None,
     ) -> None:
         self.factor, self.task, self.image_plane = factor, task, plane
-        if factor == 1.0:
+        self.in_memory = factor != 1.0 or smoothed is not None
+        if not self.in_memory:
             self.planes, self.plane = planes, plane
         else:
-            whole = planes.read_mirrored(plane, 0, 0, planes.height, planes.width)
-            shape = scaled_shape((planes.height, planes.width), factor)
-            self.planes, self.plane = ImagePlanes(resize_image(whole, shape), channel_axis=0), 0
+            whole = (
+                smoothed
+                if smoothed is not None
+                else planes.read_mirrored(plane, 0, 0, planes.height, planes.width)
+            )
+            if factor != 1.0:
+                whole = resize_image(whole, scaled_shape((planes.height, planes.width), factor))
+            self.planes, self.plane = ImagePlanes(whole, channel_axis=0), 0
         self.spatial = (self.planes.height, self.planes.width)
         self.maps = (
             np.zeros((len(task.map_names), *self.spatial), np.float32) if task.instances else None
@@ -780,8 +808,10 @@ class _ScaledPass:
 
     def in_image(self, result: TileResult, spatial: tuple[int, int]) -> TileResult:
         """Return the tile where it lies in the image (resampled when the pass is)."""
-        if self.factor == 1.0:
+        if not self.in_memory:
             return result
+        if self.factor == 1.0:
+            return replace(result, plane=self.image_plane)
         rows, cols = result.region
         factor = self.factor
         region = tuple(

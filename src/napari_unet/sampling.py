@@ -231,12 +231,22 @@ def prepare_training_data(
     samples, shapes, areas, plane_areas = [], [], [], []
     for plane_image, plane_labels, plane_mask in planes:
         shape = plane_image.shape
+        # As in inference: scaled with the statistics of the plane as it is; a noisy
+        # plane smoothed at its own scale, then resampled.
+        low, high, smoothing = normalization.prepare(plane_image)
+        plane_image = Normalization.smooth(plane_image, smoothing) if smoothing else plane_image
         if task.instances and object_area is not None:
             plane_image, plane_labels, plane_mask = _at_object_area(
                 plane_image, plane_labels, plane_mask, object_area
             )
         sample = _make_sample(
-            plane_image, plane_labels, plane_mask, task, n_classes, normalization, w0, sigma
+            Normalization.apply(plane_image, low, high),
+            plane_labels,
+            plane_mask,
+            task,
+            n_classes,
+            w0,
+            sigma,
         )
         if sample is not None:
             samples.append(sample)
@@ -295,12 +305,11 @@ def _check_looks_like_labels(labels: np.ndarray, name: str) -> None:
 
 
 def _make_sample(
-    image: np.ndarray,
+    normalised: np.ndarray,
     labels: np.ndarray,
     mask: np.ndarray | None,
     task: Task,
     n_classes: int,
-    normalization: Normalization,
     w0: float,
     sigma: float,
 ) -> _Sample | None:
@@ -312,8 +321,6 @@ def _make_sample(
         region = labels > 0 if mask is None else (labels > 0) & mask
     if not region.any():
         return None
-    low, high = normalization.statistics(image)
-    normalised = Normalization.apply(image, low, high)
     target, weights = task.targets(labels, region, w0=w0, sigma=sigma, n_classes=n_classes)
     flat = np.flatnonzero(weights > 0)
     if flat.size > 65536:  # a subsample is enough to centre tiles on annotation
