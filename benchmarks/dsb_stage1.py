@@ -59,11 +59,8 @@ def segmenter(result, config: InferenceConfig):
         return predict(
             result.model,
             image,
-            task=checkpoint.task,
-            postprocess=checkpoint.postprocess,
-            normalization=checkpoint.normalization,
             config=config,
-            object_area=checkpoint.object_area,
+            **checkpoint.inference_settings(),
         ).labels
 
     return segment

@@ -63,11 +63,8 @@ def main() -> None:
         return predict(
             model,
             pixels,
-            task=checkpoint.task,
-            postprocess=checkpoint.postprocess,
-            normalization=checkpoint.normalization,
             config=InferenceConfig(device="cpu", precision=precision),
-            object_area=checkpoint.object_area,
+            **checkpoint.inference_settings(),
         ).labels
 
     reps = -(-args.size // image.shape[0])

@@ -91,11 +91,8 @@ def run(
         prediction = predict(
             result.model,
             images[list(TEST)],
-            task=checkpoint.task,
-            postprocess=settings,
-            normalization=checkpoint.normalization,
             config=InferenceConfig(device=device),
-            object_area=checkpoint.object_area,
+            **{**checkpoint.inference_settings(), "postprocess": settings},
         )
         scores[f"{name}segment_s"] = time.perf_counter() - start
         predicted = np.asarray(prediction.labels)

@@ -36,11 +36,8 @@ def segment(checkpoint, model, image, device: str) -> np.ndarray:
     return predict(
         model,
         image,
-        task=checkpoint.task,
-        postprocess=checkpoint.postprocess,
-        normalization=checkpoint.normalization,
         config=InferenceConfig(device=device),
-        object_area=checkpoint.object_area,
+        **checkpoint.inference_settings(),
     ).labels
 
 

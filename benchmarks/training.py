@@ -123,11 +123,8 @@ def run(
     prediction = predict(
         result.model,
         image[SPLIT:],
-        task=checkpoint.task,
-        postprocess=checkpoint.postprocess,
-        normalization=checkpoint.normalization,
         config=InferenceConfig(device=device, tta=tta),
-        object_area=checkpoint.object_area,
+        **checkpoint.inference_settings(),
     )
     seconds = time.perf_counter() - start
     scores = score(labels[SPLIT:], prediction.labels)

@@ -100,11 +100,8 @@ def validation_ap(checkpoint, fields) -> float:
         labels = predict(
             model,
             image,
-            task=checkpoint.task,
-            postprocess=checkpoint.postprocess,
-            normalization=checkpoint.normalization,
             config=InferenceConfig(device="cpu"),
-            object_area=checkpoint.object_area,
+            **checkpoint.inference_settings(),
         ).labels
         scores.append(match_instances(truth, labels, 0.5).average_precision)
     return float(np.mean(scores))

@@ -168,6 +168,20 @@ class Checkpoint:
         """What the model's outputs mean and how they become labels."""
         return task_for(self.mode, self.head)
 
+    def inference_settings(self) -> dict[str, Any]:
+        """Return the keyword arguments of :func:`~napari_unet.inference.predict` it implies.
+
+        Its task, labelling, normalisation and object size: what segmenting
+        with the model means wherever it is done. Override one by building a
+        new dict, e.g. ``{**checkpoint.inference_settings(), "postprocess": mine}``.
+        """
+        return {
+            "task": self.task,
+            "postprocess": self.postprocess,
+            "normalization": self.normalization,
+            "object_area": self.object_area,
+        }
+
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically (temporary file, then rename).

@@ -1084,12 +1084,9 @@ def _run_segment(args: argparse.Namespace) -> int:
             model,
             image,
             channel_axis=channel_axis,
-            task=checkpoint.task,
-            postprocess=_postprocess(args, checkpoint),
-            normalization=checkpoint.normalization,
             config=config,
             return_probabilities=args.probabilities,
-            object_area=checkpoint.object_area,
+            **{**checkpoint.inference_settings(), "postprocess": _postprocess(args, checkpoint)},
         )
         n_planes = ImagePlanes(image, channel_axis).n_planes
         with _progress_bar(Path(image_path).name, "tile") as bar:

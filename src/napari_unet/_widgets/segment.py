@@ -239,14 +239,11 @@ def _predict(job: _Job) -> Generator[TileResult, None, Prediction]:
         job.checkpoint.build_model(),
         job.data,
         channel_axis=job.channel_axis,
-        task=task,
-        postprocess=job.postprocess,
-        normalization=job.checkpoint.normalization,
         config=job.config,
         # An instance result keeps its maps, so that it can be labelled again live.
         return_probabilities=job.probabilities or task.instances,
         should_stop=job.stop_event.is_set,
-        object_area=job.checkpoint.object_area,
+        **{**job.checkpoint.inference_settings(), "postprocess": job.postprocess},
     )
     result = yield from job.tiles
     job.scales = result.scales
