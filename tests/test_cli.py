@@ -19,6 +19,7 @@ import tifffile
 
 from napari_unet import cli
 from napari_unet.checkpoint import load_checkpoint
+from napari_unet.registry import DEFAULT_START, default_start, load_model
 from napari_unet.scaling import median_object_area
 from napari_unet.synthetic import make_touching_nuclei
 from napari_unet.weights import boundary_weight_map
@@ -155,6 +156,30 @@ def test_train_from_fine_tunes(data, trained, tmp_path):
         np.array_equal(original.state_dict[k], checkpoint.state_dict[k])
         for k in original.state_dict
     )
+
+
+def test_train_starts_from_the_shipped_model_as_the_widget_does(data, tmp_path):
+    """Without --from, instances fine-tune 'nuclei'; --new, --head and colour images do not."""
+    shipped = load_model(DEFAULT_START)
+    pair = [data["image1"], data["labels1"]]
+    budget = ["--steps", "1", "--seed", "0"]
+    status, _, err = run_main(["train", *pair, "-o", tmp_path / "a.pt", *budget])
+    assert status == 0, err
+    assert f"fine-tuning the shipped model {DEFAULT_START!r}" in err and "--new" in err
+    tuned = load_checkpoint(tmp_path / "a.pt")
+    assert tuned.metadata["initial_model_file"] == DEFAULT_START
+    assert tuned.model_config == shipped.model_config
+    assert tuned.object_area == shipped.object_area  # the model's object size is kept
+
+    status, _, err = run_main(["train", *pair, "-o", tmp_path / "b.pt", *budget, "--new"])
+    assert status == 0, err
+    assert "fine-tuning" not in err
+    assert load_checkpoint(tmp_path / "b.pt").metadata["initial_model_file"] is None
+    assert default_start("instances", 3) is None and default_start("semantic") is None
+    status, _, err = run_main(
+        ["train", *pair, "-o", tmp_path / "c.pt", "--from", "nuclei", "--new", *budget]
+    )
+    assert status == 2 and "not allowed with argument" in err
 
 
 def test_segment_writes_labels_and_probabilities(data, trained, tmp_path):

@@ -3,7 +3,7 @@
 Five subcommands drive the same engines as the napari plugin::
 
     napari-unet train IMAGE LABELS [IMAGE LABELS ...] -o MODEL.pt [--mode instances|semantic]
-            [--minutes M | --steps N] [--from MODEL] [--device auto|cpu|cuda] [--seed S]
+            [--minutes M | --steps N] [--from MODEL | --new] [--device auto|cpu|cuda] [--seed S]
             [--validation IMAGE LABELS]
     napari-unet segment MODEL IMAGE [IMAGE ...] -o OUTDIR [--probabilities] [--device ...]
             [--workers N | --scheduler ADDRESS] [--block-size PX]
@@ -45,7 +45,7 @@ import numpy as np
 from napari_unet import __version__
 from napari_unet._generators import run_to_end
 from napari_unet._validation import check_finite
-from napari_unet.registry import MODELS_ENV
+from napari_unet.registry import DEFAULT_START, MODELS_ENV
 from napari_unet.tasks import INSTANCE_HEADS
 
 __all__ = ["build_parser", "main"]
@@ -245,13 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help="train for this many minutes instead of a number of steps",
     )
-    train.add_argument(
+    start = train.add_mutually_exclusive_group()
+    start.add_argument(
         "--from",
         dest="initial",
         default=None,
         metavar="MODEL",
-        help="fine-tune this model (a name from 'models', such as 'nuclei', a .pt, or a "
-        "bioimage.io .zip from 'export') instead of starting from scratch",
+        help="fine-tune this model (a name from 'models', a .pt, or a bioimage.io .zip from "
+        f"'export'); without it, instances in one-channel images fine-tune '{DEFAULT_START}', "
+        "the shipped model, as the Train widget does",
+    )
+    start.add_argument(
+        "--new",
+        action="store_true",
+        help=f"start a new network instead of fine-tuning '{DEFAULT_START}' (implied by "
+        "--head and --base-channels, which describe a new network)",
     )
     train.add_argument(
         "--seed",
@@ -800,7 +808,7 @@ def _budget_text(config: Any) -> str:
 def _run_train(args: argparse.Namespace) -> int:
     from napari_unet.checkpoint import save_checkpoint
     from napari_unet.device import resolve_device
-    from napari_unet.registry import load_model
+    from napari_unet.registry import default_start, load_model
 
     files: list[str] = list(args.files)
     if len(files) % 2:
@@ -862,14 +870,21 @@ def _run_train(args: argparse.Namespace) -> int:
             "every labels file is empty (all pixels 0), so there is nothing to learn from; "
             "paint or import the objects into the labels files"
         )
+    starting_model = args.initial
+    new_network = args.new or args.head is not None or args.base_channels is not None
+    if starting_model is None and not new_network:
+        starting_model = default_start(mode, n_channels)
+        initial = load_model(starting_model) if starting_model is not None else None
 
     config = _train_config(args, mode, initial)
+    if initial is not None and args.initial is None:
+        _note(f"{PROG}: fine-tuning the shipped model {starting_model!r} (--new: a new network)")
     channel_axis = -1 if n_channels > 1 else None
     metadata = {
         "command": "napari-unet train",
         "training_files": [[image, labels] for image, labels in pair_paths],
         "validation_files": list(args.validation) if args.validation else None,
-        "initial_model_file": args.initial,
+        "initial_model_file": starting_model,
     }
     stop = threading.Event()
     from napari_unet.training import train_generator

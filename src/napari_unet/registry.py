@@ -50,6 +50,7 @@ __all__ = [
     "ModelHashError",
     "add_model",
     "available_models",
+    "default_start",
     "load_model",
     "models_folder",
     "resolve",
@@ -66,6 +67,21 @@ MODEL_SUFFIXES = (".pt", ".zip")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 Source = Literal["shipped", "user", "file"]
+
+
+def default_start(mode: str, in_channels: int = 1) -> str | None:
+    """Return the model that training starts from when the user does not choose one.
+
+    The one rule of the Train widget and ``napari-unet train``: a model of
+    instances in one-channel images fine-tunes :data:`DEFAULT_START`; anything
+    else (semantic classes, colour images) starts a new network (None).
+
+    Examples
+    --------
+    >>> default_start("instances"), default_start("semantic"), default_start("instances", 3)
+    ('nuclei', None, None)
+    """
+    return DEFAULT_START if mode == "instances" and in_channels == 1 else None
 
 
 class ModelHashError(ValueError):

@@ -454,10 +454,11 @@ class TrainWidget(Container):
         widget's own defaults, so nothing is loaded here: opening the dock stays
         instant, and the model is read when training starts.
         """
-        from napari_unet.registry import DEFAULT_START
+        from napari_unet.registry import default_start
 
-        if self.mode.value == "instances" and DEFAULT_START in self.start_from.choices:
-            self.start_from.value = DEFAULT_START
+        start = default_start(self.mode.value)
+        if start is not None and start in self.start_from.choices:
+            self.start_from.value = start
             self.model_size.enabled = self.head.enabled = False
 
     def _start_from_changed(self, value: str) -> None:
