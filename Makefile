@@ -61,7 +61,7 @@ bench: venv
 	$(PY) benchmarks/dsb_stage1.py --minutes 1 --train-images 40 --no-tta
 	$(PY) benchmarks/pretrained.py --minutes 1
 
-bench-full: venv
+bench-full: venv system-deps
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
 	$(PY) benchmarks/weight_map.py --repeats 5
 	$(PY) benchmarks/inference.py --repeats 3
@@ -78,6 +78,7 @@ bench-full: venv
 	$(PY) benchmarks/dim_fields.py --minutes 5 --repeats 3 --before-repeats 1
 	$(PY) benchmarks/inference_precision.py --steps 300 --repeats 3
 	$(PY) benchmarks/dsb_stage1.py --minutes 20 --repeats 3
+	$(HEADLESS) $(PY) benchmarks/widget_calibration.py --minutes 2
 	$(PY) benchmarks/pretrained.py --minutes 1 2 5 --repeats 3
 
 clean:
