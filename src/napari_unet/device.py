@@ -10,11 +10,12 @@ only where it is both safe and faster:
   (``benchmarks/data_pipeline.py``) and reached a higher median AP@0.5 in five
   minutes (0.789 against 0.769, ``benchmarks/training.py``). Elsewhere
   float32: emulated bf16 (AVX2 only) was up to 20x *slower*.
-- CPU, inference: bfloat16 autocast only with AMX (2-4.8x faster there). On
-  the AVX512-BF16 CPU it was 1.7x faster with the same AP, but the foreground
-  of 0.2% of the pixels changed (99.80% agreement,
+- CPU, inference: float32. bfloat16 was 1.7x faster with the same AP on 2
+  cores of an AVX512-BF16 CPU and 1.64x on 2 cores of an AMX CPU, but on both
+  the foreground of 0.2% of the pixels changed (99.80% and 99.78% agreement,
   ``benchmarks/inference_precision.py``), short of the 99.9% a default must
-  keep; ``precision="bf16"`` asks for it.
+  keep, and the same model would segment differently from one CPU to the
+  next; ``precision="bf16"`` asks for it.
 - MPS: float32.
 
 Examples
@@ -129,7 +130,7 @@ def autocast_dtype(
             raise ValueError("float16 autocast is not supported on the CPU; use 'bf16' or 'fp32'.")
         if purpose == "training":
             return torch.bfloat16 if cpu_has_bf16() else None
-        return torch.bfloat16 if cpu_has_amx() else None
+        return None
     if precision != "auto":
         raise ValueError(f"Mixed precision is not supported on {device.type}; use 'fp32'.")
     return None

@@ -112,7 +112,8 @@ class InferenceConfig:
     device : str
         "auto", "cpu", "cuda" or "mps".
     precision : {"auto", "fp32", "bf16", "fp16"}
-        Mixed precision; "auto" uses it only where it is measured faster.
+        Mixed precision; "auto" uses it on a GPU and keeps float32 on the CPU (see
+        :mod:`napari_unet.device`).
     """
 
     tile_shape: tuple[int, int] | None = None
