@@ -1,6 +1,7 @@
 """Instances on DSB 2018 stage 1: train on stage 1 train, score the fluorescence test images.
 
-Trains the default model (or ``--head``) for ``--minutes`` of wall-clock time on
+Trains as ``napari-unet train`` does by default (fine-tuning the shipped ``nuclei``
+model; ``--new`` or another ``--head``: a new network) for ``--minutes`` of wall-clock time on
 the single-channel fluorescence images of ``dsb2018-stage1-train`` (a fixed
 random subset of ``--train-images``; the labelling is calibrated on training
 planes, as a user without a validation image gets it), then segments the
@@ -11,7 +12,7 @@ of objects against the truth, without and with test-time augmentation (its cost 
 the segmentation time of the test images). The Otsu + distance-transform watershed baseline
 of ``training.py`` runs on the same images.
 
-Usage: python benchmarks/dsb_stage1.py [--minutes 20] [--repeats 1] [--head three-class]
+Usage: python benchmarks/dsb_stage1.py [--minutes 20] [--repeats 1] [--head three-class] [--new]
        [--train-images 200] [--no-tta] [--save benchmark-output/dsb]
 """
 
@@ -31,6 +32,7 @@ from training import otsu_watershed, score
 from napari_unet import InferenceConfig, TrainConfig, predict
 from napari_unet.checkpoint import save_checkpoint
 from napari_unet.io import read_image
+from napari_unet.registry import DEFAULT_START, default_start, load_model
 from napari_unet.training import train
 
 
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=1, help="seeds 0..N-1")
     parser.add_argument("--head", default="three-class")
+    parser.add_argument(
+        "--new", action="store_true", help=f"a new network instead of fine-tuning {DEFAULT_START!r}"
+    )
     parser.add_argument("--train-images", type=int, default=200)
     parser.add_argument(
         "--test-images", type=int, default=None, help="score only the first N (a quick check)"
@@ -107,13 +112,18 @@ def main() -> None:
     print(f"training on {len(pairs)} of {len(keys)} fluorescence fields; testing on {len(test)}")
 
     base = evaluate(test, lambda image: otsu_watershed(image, 5))
+    start_name = None if args.new else default_start("instances")
+    initial = load_model(start_name) if start_name is not None else None
+    if initial is not None and initial.head != args.head:
+        initial, start_name = None, None  # another head: a new network, as the CLI does
+    print(f"starting from {start_name!r}" if initial is not None else "a new network")
     rows = []
     for seed in range(args.repeats):
         config = TrainConfig(
             head=args.head, minutes=args.minutes, steps=None, seed=seed, device=args.device
         )
         start = time.perf_counter()
-        result = train(pairs, config)
+        result = train(pairs, config, initial=initial)
         checkpoint = result.checkpoint
         if args.save is not None:
             save_checkpoint(args.save.with_name(f"{args.save.stem}-seed{seed}.pt"), checkpoint)
@@ -143,7 +153,8 @@ def main() -> None:
         group = [r for r in rows if r["tta"] == tta]
         steps = statistics.median(r["steps"] for r in group)
         print(
-            f"| U-Net {args.head}{', TTA' if tta else ''}, {args.minutes:g} min | {steps:.0f} | "
+            f"| U-Net {args.head}{', TTA' if tta else ''}, {args.minutes:g} min"
+            f"{f', from {start_name}' if start_name else ''} | {steps:.0f} | "
             + " | ".join(spread([r[key] for r in group]) for key in ("ap50", "ap75", "apart"))
             + f" | {statistics.median(r['n_pred'] for r in group):.0f}"
             + f" | {statistics.median(r['seconds'] for r in group):.0f} |"
