@@ -41,3 +41,21 @@ def read_nuclei(directory: Path) -> tuple[np.ndarray, np.ndarray]:
         if not (folder / name).is_file():
             sys.exit(f"{folder / name} is missing; the nuclei benchmarks need it.")
     return read_image(folder / "image.tif"), read_image(folder / "labels.tif", labels=True)
+
+
+#: The experiment of the DSB stage 1 test set that the widget benchmarks play a user with:
+#: its eight 512x640 one-channel fluorescence fields.
+EXPERIMENT_SHAPE = [512, 640]
+
+
+def experiment_fields(test_folder: Path) -> list[str]:
+    """Return the ids of the experiment's fields, those with the most nuclei first."""
+    import json
+
+    summary = json.loads((test_folder / "summary.json").read_text())
+    keys = [
+        key
+        for key, info in summary.items()
+        if info["shape"] == EXPERIMENT_SHAPE and info["channels"] == 1
+    ]
+    return sorted(keys, key=lambda key: (-summary[key]["n_objects"], key))

@@ -23,14 +23,13 @@ Usage: python benchmarks/widget_calibration.py [--minutes 2] [--output DIR]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from _data import add_data_argument, data_directory
+from _data import add_data_argument, data_directory, experiment_fields
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from demo import PLUGIN, screenshot, wait_until
@@ -38,18 +37,8 @@ from demo import PLUGIN, screenshot, wait_until
 from napari_unet.io import read_image
 from napari_unet.metrics import average_precision
 
-SHAPE = [512, 640]
 THRESHOLDS = [float(t) for t in np.round(np.arange(0.2, 0.91, 0.05), 2)]
 SEED_THRESHOLDS = [float(t) for t in np.round(np.arange(0.2, 0.96, 0.05), 2)]
-
-
-def experiment(folder: Path) -> tuple[list[str], list[str]]:
-    """Return the fields of the experiment: (two to annotate, the others to segment)."""
-    summary = json.loads((folder / "summary.json").read_text())
-    keys = sorted(k for k, v in summary.items() if v["shape"] == SHAPE and v["channels"] == 1)
-    by_count = sorted(keys, key=lambda k: (-summary[k]["n_objects"], k))
-    annotated = by_count[:2]
-    return annotated, [k for k in keys if k not in annotated]
 
 
 def segment_layer(viewer, segment, layer_name: str, model: str) -> np.ndarray:
@@ -72,7 +61,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("benchmark-output/widget-calibration"))
     args = parser.parse_args()
     folder = data_directory(args.data_dir) / "dsb2018-stage1-test"
-    annotated, others = experiment(folder)
+    fields = experiment_fields(folder)
+    annotated, others = fields[:2], sorted(fields[2:])
 
     import warnings
 
