@@ -558,3 +558,36 @@ def test_a_three_class_store_equals_predict(stack, tmp_path):
     group = zarr.open_group(str(result.path), mode="r")
     np.testing.assert_allclose(group["interior"][...], expected.probabilities[1], atol=1e-6)
     assert group.attrs["napari-unet"]["task"] == "three-class"
+
+
+def test_a_noisy_plane_is_smoothed_block_by_block_as_predict_smooths_it_whole(checkpoint, tmp_path):
+    """Blocks read a margin and smooth it, so the store equals predict on the smoothed plane."""
+    nuclei = make_touching_nuclei((160, 192), seed=11)[0]
+    dim = np.random.default_rng(4).poisson(2.0 + 4.0 * (nuclei > np.median(nuclei)))
+    dim = dim.astype(np.uint8)
+    assert checkpoint.normalization.prepare(dim[None])[2] > 0  # judged noisy: smoothed
+    result = segment_to_zarr(
+        checkpoint,
+        dim,
+        tmp_path / "dim.zarr",
+        block_shape=(64, 64),
+        config=CONFIG,
+        probabilities=True,
+    )
+    expected = reference(checkpoint, dim, return_probabilities=True)
+    np.testing.assert_array_equal(result.labels[...], expected.labels)
+    group = zarr.open_group(str(result.path), mode="r")
+    name = checkpoint.task.map_names[0]
+    np.testing.assert_allclose(group[name][...], expected.probabilities[1], atol=1e-5)
+    # Without the smoothing the maps differ: the test sees the smoothing, not its absence.
+    unsmoothed = dataclasses.replace(checkpoint.normalization, smooth_noisy=False)
+    plain = predict(
+        checkpoint.build_model(),
+        dim,
+        task=checkpoint.task,
+        postprocess=checkpoint.postprocess,
+        normalization=unsmoothed,
+        config=CONFIG,
+        return_probabilities=True,
+    )
+    assert np.abs(plain.probabilities[1] - expected.probabilities[1]).max() > 1e-2
