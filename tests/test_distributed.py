@@ -105,6 +105,19 @@ def reference(checkpoint, image, config=CONFIG, **kwargs):
     )
 
 
+def store_equals_predict(checkpoint, image, path):
+    """Segment ``image`` in 64x64 blocks into ``path``; check its labels equal predict's.
+
+    Returns the store's group and predict's result (probabilities kept).
+    """
+    result = segment_to_zarr(
+        checkpoint, image, path, block_shape=(64, 64), probabilities=True, config=CONFIG
+    )
+    expected = reference(checkpoint, image, return_probabilities=True)
+    np.testing.assert_array_equal(result.labels[...], expected.labels)
+    return zarr.open_group(str(result.path), mode="r"), expected
+
+
 def crossing_ids(labels: np.ndarray, rows: int, cols: int) -> set[int]:
     """Ids of objects with pixels on both sides of a border every ``rows``/``cols`` pixels."""
     found: set[int] = set()
@@ -544,18 +557,7 @@ def test_a_three_class_store_equals_predict(stack, tmp_path):
         head="three-class",
         postprocess=Postprocess(threshold=0.5, seed_threshold=0.4, min_seed_size=3, min_size=2),
     )
-    image = stack[0]
-    result = segment_to_zarr(
-        three_class,
-        image,
-        tmp_path / "a.zarr",
-        block_shape=(64, 64),
-        probabilities=True,
-        config=CONFIG,
-    )
-    expected = reference(three_class, image, return_probabilities=True)
-    np.testing.assert_array_equal(result.labels[...], expected.labels)
-    group = zarr.open_group(str(result.path), mode="r")
+    group, expected = store_equals_predict(three_class, stack[0], tmp_path / "a.zarr")
     np.testing.assert_allclose(group["interior"][...], expected.probabilities[1], atol=1e-6)
     assert group.attrs["napari-unet"]["task"] == "three-class"
 
@@ -566,17 +568,7 @@ def test_a_noisy_plane_is_smoothed_block_by_block_as_predict_smooths_it_whole(ch
     dim = np.random.default_rng(4).poisson(2.0 + 4.0 * (nuclei > np.median(nuclei)))
     dim = dim.astype(np.uint8)
     assert checkpoint.normalization.prepare(dim[None])[2] > 0  # judged noisy: smoothed
-    result = segment_to_zarr(
-        checkpoint,
-        dim,
-        tmp_path / "dim.zarr",
-        block_shape=(64, 64),
-        config=CONFIG,
-        probabilities=True,
-    )
-    expected = reference(checkpoint, dim, return_probabilities=True)
-    np.testing.assert_array_equal(result.labels[...], expected.labels)
-    group = zarr.open_group(str(result.path), mode="r")
+    group, expected = store_equals_predict(checkpoint, dim, tmp_path / "dim.zarr")
     name = checkpoint.task.map_names[0]
     np.testing.assert_allclose(group[name][...], expected.probabilities[1], atol=1e-5)
     # Without the smoothing the maps differ: the test sees the smoothing, not its absence.
