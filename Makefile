@@ -43,7 +43,7 @@ lint: venv
 # The quick benchmark run (about 20 minutes on 2 CPU cores); `bench-full` runs the commands
 # recorded in docs/benchmarks.md, 3 seeds per training row (about 7 hours). Both read
 # ../shared/data.
-bench: venv
+bench: venv system-deps
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
 	$(PY) benchmarks/weight_map.py --repeats 2
 	$(PY) benchmarks/inference.py --sizes 1024 --repeats 1
@@ -60,6 +60,8 @@ bench: venv
 	$(PY) benchmarks/inference_precision.py --steps 30 --repeats 1 --size 1024
 	$(PY) benchmarks/dsb_stage1.py --minutes 1 --train-images 40 --no-tta
 	$(PY) benchmarks/pretrained.py --minutes 1
+	$(PY) benchmarks/correction_loop.py --minutes 0.5 --again 0.25 --repeats 1
+	$(HEADLESS) $(PY) benchmarks/widget_calibration.py --minutes 0.5
 
 bench-full: venv system-deps
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
@@ -79,6 +81,8 @@ bench-full: venv system-deps
 	$(PY) benchmarks/inference_precision.py --steps 300 --repeats 3
 	$(PY) benchmarks/dsb_stage1.py --minutes 20 --repeats 3
 	$(HEADLESS) $(PY) benchmarks/widget_calibration.py --minutes 2
+	$(PY) benchmarks/correction_loop.py --repeats 3
+	$(PY) benchmarks/correction_loop.py --repeats 3 --again-learning-rate 1e-4
 	$(PY) benchmarks/pretrained.py --minutes 1 2 5 --repeats 3
 
 clean:
