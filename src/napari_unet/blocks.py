@@ -140,8 +140,7 @@ class BlockWindow:
         extent_h = tile_starts(self.height, tile_shape[0], align)[-1] + tile_shape[0]
         extent_w = tile_starts(self.width, tile_shape[1], align)[-1] + tile_shape[1]
         self._border = border
-        # scipy's Gaussian reaches int(4 sigma + 0.5) pixels (its default truncate).
-        reach = int(4 * smoothing + 0.5) if smoothing else 0
+        reach = Normalization.smoothing_reach(smoothing)
         box = planes.read_mirrored(
             plane,
             rows.start - border - reach,

@@ -50,6 +50,8 @@ NOISE_WINDOW = 512
 NOISY_PLANE = 0.05
 #: Gaussian sigma, in pixels, for noisy planes (the best of 0.7-2 on the dim benchmark).
 SMOOTHING_SIGMA = 1.0
+#: The Gaussian is cut off this many sigmas from its centre (scipy's default).
+SMOOTHING_TRUNCATE = 4.0
 
 
 def noise_level(normalised: np.ndarray) -> float:
@@ -181,4 +183,15 @@ class Normalization:
         array = np.asarray(image, dtype=np.float32)
         if sigma <= 0:
             return array
-        return ndimage.gaussian_filter(array, sigma=(0, sigma, sigma), mode="mirror")
+        return ndimage.gaussian_filter(
+            array, sigma=(0, sigma, sigma), mode="mirror", truncate=SMOOTHING_TRUNCATE
+        )
+
+    @staticmethod
+    def smoothing_reach(sigma: float) -> int:
+        """Pixels around a pixel that :meth:`smooth` reads (0 for no smoothing).
+
+        A part of a plane read with this margin and smoothed equals the same
+        part of the whole plane smoothed.
+        """
+        return int(SMOOTHING_TRUNCATE * sigma + 0.5) if sigma > 0 else 0
