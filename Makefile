@@ -41,7 +41,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 # The quick benchmark run (about 20 minutes on 2 CPU cores); `bench-full` runs the commands
-# recorded in docs/benchmarks.md, 3 seeds per training row (about 7 hours). Both read
+# recorded in docs/benchmarks.md, 3 seeds per training row (about 8 hours). Both read
 # ../shared/data.
 bench: venv system-deps
 	$(PY) -m pip install --quiet -e ".[benchmarks,distributed]"
@@ -60,6 +60,7 @@ bench: venv system-deps
 	$(PY) benchmarks/inference_precision.py --steps 30 --repeats 1 --size 1024
 	$(PY) benchmarks/dsb_stage1.py --minutes 1 --train-images 40 --no-tta
 	$(PY) benchmarks/pretrained.py --minutes 1
+	$(PY) benchmarks/fine_tuning.py --minutes 0.5 --repeats 1 --rates 1e-3
 	$(PY) benchmarks/correction_loop.py --minutes 0.5 --again 0.25 --repeats 1
 	$(HEADLESS) $(PY) benchmarks/widget_calibration.py --minutes 0.5
 
@@ -84,6 +85,8 @@ bench-full: venv system-deps
 	$(PY) benchmarks/correction_loop.py --repeats 3
 	$(PY) benchmarks/correction_loop.py --repeats 3 --again-learning-rate 1e-4
 	$(PY) benchmarks/pretrained.py --minutes 1 2 5 --repeats 3
+	$(PY) benchmarks/fine_tuning.py --minutes 2 --repeats 3 --rates 1e-3 3e-4 1e-4
+	$(PY) benchmarks/fine_tuning.py --minutes 5 --repeats 3 --rates 1e-3 --problems dim
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
