@@ -32,6 +32,9 @@ from training import SPLIT, run, score
 from napari_unet.normalization import Normalization
 from napari_unet.registry import DEFAULT_START, load_model
 
+#: Gray levels of a nucleus above the background, and the mean background level.
+SIGNAL, BACKGROUND = 15.0, 1.5
+
 
 def dim_frame(image: np.ndarray, signal: float, background: float, seed: int) -> np.ndarray:
     """Scale ``image`` to ``background + signal * contrast`` gray levels, with shot noise."""
@@ -65,8 +68,10 @@ def main() -> None:
     add_data_argument(parser)
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--signal", type=float, default=15.0, help="gray levels of a nucleus")
-    parser.add_argument("--background", type=float, default=1.5, help="mean background level")
+    parser.add_argument("--signal", type=float, default=SIGNAL, help="gray levels of a nucleus")
+    parser.add_argument(
+        "--background", type=float, default=BACKGROUND, help="mean background level"
+    )
     parser.add_argument(
         "--before-repeats", type=int, default=1, help="seeds of the 'before' row (0 skips it)"
     )

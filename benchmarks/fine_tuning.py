@@ -32,7 +32,7 @@ import argparse
 import numpy as np
 from _data import add_data_argument, data_directory, read_nuclei
 from _report import add_device_argument, describe_device, print_instance_table
-from dim import dim_frame
+from dim import BACKGROUND, SIGNAL, dim_frame
 from pretrained import segment
 from training import SPLIT, score
 
@@ -40,10 +40,10 @@ from napari_unet import InferenceConfig, TrainConfig, predict
 from napari_unet._generators import run_to_end
 from napari_unet.registry import DEFAULT_START, load_model
 from napari_unet.scaling import object_areas
-from napari_unet.training import calibrate_on, train_generator
+from napari_unet.training import HOLD_OUT_FRACTION, calibrate_on, train_generator
 
-#: The rows the training run holds out for calibration (its bottom fifth).
-HELD_OUT = slice(205, SPLIT)
+#: The rows the training run holds out for calibration (as ``training._hold_out`` cuts them).
+HELD_OUT = slice(round(SPLIT * (1 - HOLD_OUT_FRACTION)), SPLIT)
 
 
 def fine_tune(frame, labels, shipped, minutes: float, rate: float, seed: int, device: str):
@@ -99,7 +99,7 @@ def main() -> None:
     add_device_argument(parser)
     args = parser.parse_args()
     image, labels = read_nuclei(data_directory(args.data_dir))
-    problems = {"nuclei": image, "dim": dim_frame(image, 15.0, 1.5, seed=0)}
+    problems = {"nuclei": image, "dim": dim_frame(image, SIGNAL, BACKGROUND, seed=0)}
     shipped = load_model(DEFAULT_START)
     print(describe_device(args.device))
     for name in args.problems:
