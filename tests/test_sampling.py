@@ -1,4 +1,4 @@
-"""Training tiles: drawn from prefiltered images, with image, target and weights aligned."""
+"""Training tiles: image, target and weights warped together and aligned."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from scipy import ndimage as ndi
 from napari_unet.augment import AugmentConfig
 from napari_unet.model import UNetConfig
 from napari_unet.sampling import make_sampler, prepare_training_data
-from napari_unet.synthetic import make_touching_nuclei
 from napari_unet.training import TrainConfig
 
 MODEL = UNetConfig(depth=2, base_channels=4)
@@ -20,28 +19,6 @@ def sampler_for(image, labels, seed=0, **augment):
     data = prepare_training_data([(image, labels)])
     config = TrainConfig(depth=2, base_channels=4, tile_size=92, augment=AugmentConfig(**augment))
     return data, make_sampler(data, MODEL, 92, config, seed)
-
-
-def test_tiles_from_prefiltered_coefficients_equal_a_cubic_warp_of_the_whole_image(monkeypatch):
-    """The once-per-image prefilter changes no tile (beyond float32 rounding)."""
-    import napari_unet.sampling as sampling
-
-    image, labels = make_touching_nuclei((128, 128), seed=4)
-    data, sampler = sampler_for(image, labels, **NO_GRAY)
-    seen = []
-    real = sampling._warp_window
-
-    def keep(array, coords, order, prefiltered=False):
-        seen.append(coords.copy()) if prefiltered else None
-        return real(array, coords, order, prefiltered)
-
-    monkeypatch.setattr(sampling, "_warp_window", keep)
-    for _ in range(5):
-        tile, _, _ = sampler.draw()
-        expected = ndi.map_coordinates(
-            data.samples[0].image[0].astype(np.float64), seen[-1], order=3, mode="mirror"
-        )
-        np.testing.assert_allclose(tile[0], expected, atol=2e-5)
 
 
 def test_image_target_and_weights_stay_aligned():

@@ -292,20 +292,24 @@ def test_semantic_training_runs_and_predicts_classes():
 
 @pytest.mark.slow
 def test_training_on_synthetic_nuclei_reaches_ap_0_8_on_a_held_out_image():
+    """The median of three seeds: 500 steps leave single runs spread from 0.4 to 0.96."""
     image, labels = make_touching_nuclei((256, 256), seed=0)
     held_out, truth = make_touching_nuclei((256, 256), seed=2)
-    result = train([(image, labels)], TrainConfig(steps=500, seed=0, device="cpu"))
-    checkpoint = result.checkpoint
-    assert checkpoint.task.name == "three-class"  # the default head
-    prediction = predict(
-        result.model,
-        held_out,
-        task=checkpoint.task,
-        postprocess=checkpoint.postprocess,
-        normalization=checkpoint.normalization,
-        config=InferenceConfig(device="cpu"),
-    )
-    assert average_precision(truth, prediction.labels, 0.5) >= 0.8
+    scores = []
+    for seed in range(3):
+        result = train([(image, labels)], TrainConfig(steps=500, seed=seed, device="cpu"))
+        checkpoint = result.checkpoint
+        assert checkpoint.task.name == "three-class"  # the default head
+        prediction = predict(
+            result.model,
+            held_out,
+            task=checkpoint.task,
+            postprocess=checkpoint.postprocess,
+            normalization=checkpoint.normalization,
+            config=InferenceConfig(device="cpu"),
+        )
+        scores.append(average_precision(truth, prediction.labels, 0.5))
+    assert np.median(scores) >= 0.8, scores
 
 
 @pytest.mark.parametrize("with_validation", [True, False])

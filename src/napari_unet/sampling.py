@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_unet._validation import check_image, check_labels, check_same_shape
-from napari_unet.augment import random_displacement_field, spline_coefficients, warp
+from napari_unet.augment import random_displacement_field, warp
 from napari_unet.inference import ImagePlanes
 from napari_unet.label_kinds import check_semantic_values, read_labels, to_instances
 from napari_unet.metrics import compact_ids
@@ -341,10 +341,6 @@ class TileSampler:
     ) -> None:
         self.data, self.config, self.rng = data, config, rng
         self.input_size, self.output_size = input_size, output_size
-        # Prefiltered once per image here, not once per tile (6% of a tile's cost).
-        self.coefficients = [
-            spline_coefficients(s.image, config.augment.image_order) for s in data.samples
-        ]
         areas = np.array([s.annotated.size for s in data.samples], dtype=np.float64)
         self.probabilities = areas / areas.sum()
         offset = (input_size - output_size) / 2
@@ -381,48 +377,14 @@ class TileSampler:
                 rng=rng,
             )
         coords += centre[:, None, None]
-        image = _warp_window(self.coefficients[number], coords, augment.image_order, True)
+        # warp reads only the pixels the tile needs, so the whole image is passed.
+        image = warp(sample.image, coords, order=augment.image_order)
         inner = coords[:, self.inner[0], self.inner[1]]
-        target = _warp_window(sample.target, inner, 0)
-        weights = _warp_window(sample.weights, inner, 1)
+        target = warp(sample.target, inner, order=0)
+        weights = warp(sample.weights, inner, order=1)
         if not augment.is_identity:
             image = augment.gray_values(image, rng)
         return image, target, weights
-
-
-def _warp_window(
-    array: np.ndarray, coords: np.ndarray, order: int, prefiltered: bool = False
-) -> np.ndarray:
-    """Warp only the window of ``array`` that ``coords`` reach (cost bounded by the tile).
-
-    The window is clipped to the array, so positions outside it are still
-    mirrored about the real image border.
-    """
-    (r0, r1), (c0, c1) = (
-        _mirrored_span(float(axis.min()), float(axis.max()), size)
-        for axis, size in zip(coords, array.shape[-2:], strict=True)
-    )
-    window = array[..., r0:r1, c0:c1]
-    shift = np.array([r0, c0], dtype=coords.dtype)[:, None, None]
-    return warp(window, coords - shift, order=order, mode="mirror", prefiltered=prefiltered)
-
-
-def _mirrored_span(low: float, high: float, size: int, margin: int = 3) -> tuple[int, int]:
-    """Return the index range an axis needs to sample positions ``low..high`` with mirroring.
-
-    Positions past an image edge read their mirror image inside it, so the
-    range then reaches that edge (and the window mirrors about the true edge);
-    ``margin`` covers the cubic spline's support.
-    """
-    last = size - 1
-    if low < -last or high > 2 * last:  # mirrored more than once: take the whole axis
-        return 0, size
-    start, stop = low, high
-    if low < 0:
-        start, stop = 0.0, max(high, -low)
-    if high > last:
-        start, stop = min(start, 2 * last - high), float(last)
-    return max(int(np.floor(start)) - margin, 0), min(int(np.ceil(stop)) + margin + 1, size)
 
 
 class Prefetcher:
