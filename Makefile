@@ -71,7 +71,7 @@ bench-full: venv system-deps
 	$(PY) benchmarks/cpu_options.py --repeats 5
 	$(PY) benchmarks/inference_memory.py --size 8192
 	$(PY) benchmarks/dask_cluster.py --size 8192 --workers 4 --repeats 3
-	$(PY) benchmarks/data_pipeline.py --steps 150 --repeats 3
+	$(PY) benchmarks/data_pipeline.py --steps 150 --repeats 3 --precision fp32 bf16
 	$(PY) benchmarks/compile.py --steps 60 --repeats 3
 	$(PY) benchmarks/training.py --minutes 1 2 5 --repeats 3 --plot docs/images/training-time-to-accuracy.png
 	$(PY) benchmarks/ablation.py --minutes 5 --repeats 3
