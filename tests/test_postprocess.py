@@ -375,3 +375,33 @@ def test_too_many_objects_for_out_dtype(seed_threshold):
         foreground, seed_threshold=seed_threshold, out=np.zeros((40, 40), np.uint16)
     )
     assert int(labels.max()) == 400
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_flooding_only_contested_parts_equals_the_watershed_of_the_whole_domain(connectivity):
+    """Parts with one marker id or none are filled directly; the result is the watershed's."""
+    from skimage.segmentation import watershed
+
+    from napari_unet.postprocess import _flood
+
+    rng = np.random.default_rng(connectivity)
+    structure = ndi.generate_binary_structure(2, connectivity)
+    seen = set()  # parts with no marker id, one, and several
+    for _ in range(5):
+        priority = ndi.gaussian_filter(rng.random((120, 160)), 3)
+        domain = priority > np.quantile(priority, 0.7)  # many parts, apart from each other
+        # Markers: a few small blobs (some parts get none, some one id, some several).
+        markers = np.zeros(domain.shape, np.int32)
+        for number, (row, col) in enumerate(rng.integers(0, (120, 160), size=(25, 2)), 1):
+            markers[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = number
+        markers[~domain] = 0
+        parts, _ = ndi.label(domain, structure)
+        ids_per_part = [
+            len(np.unique(markers[(parts == p) & (markers > 0)])) for p in range(1, parts.max() + 1)
+        ]
+        seen.update(min(n, 2) for n in ids_per_part)
+        expected = watershed(-priority, markers, mask=domain, connectivity=connectivity)
+        np.testing.assert_array_equal(
+            _flood(priority, markers, domain, structure, connectivity), expected
+        )
+    assert seen == {0, 1, 2}

@@ -659,7 +659,7 @@ def _seeded_watershed(
             domain = maps.flooded(mask)
             current = np.asarray(out[window]).astype(marker_dtype)
             markers = np.where(seed_pixels(window) | (current > n_seeds), current, 0)
-            flooded = watershed(-priority, markers, mask=domain, connectivity=connectivity)
+            flooded = _flood(priority, markers, domain, structure, connectivity)
             inner = (
                 slice(rows.start - window[0].start, rows.stop - window[0].start),
                 slice(cols.start - window[1].start, cols.stop - window[1].start),
@@ -684,6 +684,47 @@ def _seeded_watershed(
         )
         n_objects = _label_unreached(maps, out, grid, structure, n_objects)
     return n_objects
+
+
+def _flood(
+    priority: np.ndarray,
+    markers: np.ndarray,
+    domain: np.ndarray,
+    structure: np.ndarray,
+    connectivity: int,
+) -> np.ndarray:
+    """Watershed of ``-priority`` from ``markers`` within ``domain``, flooding only where needed.
+
+    Parts of the domain apart from each other never meet, so a part that holds
+    markers of one id becomes that id and a part without markers stays 0, as
+    the watershed would leave them; only parts holding two or more ids are
+    flooded. Exactly the watershed of the whole domain (a part's pixels leave
+    the priority queue in the same order with or without the other parts), at
+    a fraction of its cost where most objects hold one seed, or where a poor
+    model's foreground is one part.
+    """
+    parts, n_parts = ndi.label(domain, structure)
+    marked = markers > 0
+    part_of_marker, ids = parts[marked], markers[marked]
+    lowest = np.full(n_parts + 1, np.iinfo(markers.dtype).max, dtype=markers.dtype)
+    highest = np.zeros(n_parts + 1, dtype=markers.dtype)
+    np.minimum.at(lowest, part_of_marker, ids)
+    np.maximum.at(highest, part_of_marker, ids)
+    shared = lowest < highest  # two or more ids meet in the part
+    shared[0] = False
+    direct = np.where(shared, 0, highest)  # the part's one id, or 0 without markers
+    direct[0] = 0
+    out = direct[parts]
+    if shared.any():
+        contested = shared[parts]
+        flooded = watershed(
+            -priority,
+            np.where(contested, markers, 0),
+            mask=contested,
+            connectivity=connectivity,
+        )
+        out = np.where(contested, flooded, out)
+    return out
 
 
 class _KeptSeedPixels:
