@@ -181,11 +181,17 @@ def load_engines_in_background() -> None:
 
     ``import torch`` takes about a second, and the first optimiser step imports
     more of it (dynamo, sympy) while holding the GIL for up to 0.3 s at a time.
-    Done when the user presses Train, either would stall the viewer then.
+    Done when the user presses Train, either would stall the viewer then. The
+    first Labels layer of a session imports its colour code (scikit-image's
+    colour module, scipy.linalg: 0.3-0.45 s); done when Run adds the result
+    layer, that import would stall the viewer at the click.
     """
 
     def load() -> None:
+        import napari
         import torch
+
+        napari.layers.Labels(np.zeros((1, 1), np.uint8))  # not added: only its imports
 
         import napari_unet.checkpoint
         import napari_unet.training  # noqa: F401 (also imports inference)
