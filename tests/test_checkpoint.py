@@ -150,6 +150,8 @@ def test_saving_again_replaces_the_file(saved):
     [
         ({"mode": "panoptic"}, "mode must be"),
         ({"class_names": ("a", "b", "c")}, "class_names has 3 names but the model has 2"),
+        ({"object_area": 300.0, "source_object_area": 0.0}, "source_object_area must be"),
+        ({"source_object_area": 300.0}, "needs the model's own object_area"),
     ],
 )
 def test_bad_checkpoint_contents_raise(kwargs, match):
@@ -329,6 +331,17 @@ def test_head_and_labelling_settings_round_trip(tmp_path):
     assert loaded.class_names == ("background", "interior", "boundary")
     with pytest.raises(ValueError, match="has 3 outputs but the network has 2"):
         Checkpoint.from_model(tiny_unet(), mode="instances", head="three-class")
+
+
+def test_object_areas_round_trip_and_reach_inference(tmp_path):
+    """A fine-tuned model's source object area is kept and handed to predict()."""
+    path = tmp_path / "tuned.pt"
+    tuned = Checkpoint.from_model(tiny_unet(), object_area=284.0, source_object_area=496)
+    save_checkpoint(path, tuned)
+    loaded = load_checkpoint(path)
+    assert (loaded.object_area, loaded.source_object_area) == (284.0, 496.0)
+    settings = loaded.inference_settings()
+    assert (settings["object_area"], settings["source_object_area"]) == (284.0, 496.0)
 
 
 def test_damaged_labelling_settings_are_refused(saved):

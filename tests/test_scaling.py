@@ -110,6 +110,9 @@ def test_fine_tuning_data_are_brought_to_the_models_object_area():
     assert data.object_area == model_area  # the model keeps its scale
     assert np.median(data.object_areas) == pytest.approx(model_area, rel=0.1)
     assert data.shapes == [(1, 96, 80)]  # as given
+    # Where the planes came from: the start of a fine-tuned model's size estimate.
+    assert data.source_object_area == median_object_area(labels)
+    assert prepare_training_data([(image, labels)]).source_object_area is None  # a new model
     # Objects of the model's size are used as they are.
     same = prepare_training_data([(image, labels)], object_area=median_object_area(labels))
     assert same.samples[0].image.shape == (1, 96, 80)
@@ -165,6 +168,33 @@ def test_auto_finds_the_object_size_and_labels_at_the_image_scale(diameter):
         overlap = (truth == object_id) & (result.labels == found[0])
         union = (truth == object_id) | (result.labels == found[0])
         assert overlap.sum() / union.sum() > 0.85
+
+
+def test_a_fine_tuned_models_estimate_starts_at_the_scale_it_was_fine_tuned_at():
+    """Discs half the model's diameter: one pass at 2x from the source scale, two from 1x."""
+    image, _ = discs((96, 96), 5, 24)
+    model = tiny_unet()
+    passes = []
+    segment = foreground_predictor(model.config.border)
+
+    def counting(tile):
+        passes.append(tile.shape)
+        return segment(tile)
+
+    kwargs = {
+        "task": "paper",
+        "postprocess": Postprocess(threshold=0.5, seed_threshold=None),
+        "normalization": Normalization(0.0, 100.0),
+        "predictor": counting,
+        "object_area": area_of_diameter(20.0),
+        "config": InferenceConfig(tile_shape=(400, 400), **FP32),  # one tile per pass
+    }
+    assert predict(model, image, **kwargs).scales == [pytest.approx(2.0, rel=0.05)]
+    from_own_scale = len(passes)
+    passes.clear()
+    started = predict(model, image, source_object_area=area_of_diameter(10.0), **kwargs)
+    assert started.scales == [2.0]
+    assert len(passes) == 1 < from_own_scale  # the 2x pass found objects of the model's size
 
 
 def test_a_given_diameter_or_off_sets_the_factor():

@@ -89,6 +89,12 @@ class Checkpoint:
         were resampled to (:mod:`napari_unet.scaling`); images are brought to
         it before segmentation. None: the model segments images as they are
         (semantic models, and files from before object sizes were kept).
+    source_object_area : float, optional
+        A fine-tuned model: the typical object area of the images it was
+        fine-tuned on, at their own scale. Estimating an image's object size
+        starts there (the user's next images are most likely of the same
+        experiment) instead of at the image's own scale. None: new models, whose
+        training images were used as they are, and older files.
     """
 
     model_config: UNetConfig
@@ -100,23 +106,17 @@ class Checkpoint:
     head: str | None = None
     postprocess: Postprocess | None = None
     object_area: float | None = None
+    source_object_area: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("instances", "semantic"):
             raise ValueError(f'mode must be "instances" or "semantic", got {self.mode!r}.')
-        if self.object_area is not None:
-            if self.mode != "instances":
-                raise ValueError("Only instance models have an object size.")
-            if not (
-                isinstance(self.object_area, (int, float))
-                and not isinstance(self.object_area, bool)
-                and MIN_OBJECT_AREA <= self.object_area <= MAX_OBJECT_AREA
-            ):
-                raise ValueError(
-                    f"object_area must be a pixel area from {MIN_OBJECT_AREA} to "
-                    f"{MAX_OBJECT_AREA:,}, got {self.object_area!r}."
-                )
-            self.object_area = float(self.object_area)
+        if self.object_area is not None and self.mode != "instances":
+            raise ValueError("Only instance models have an object size.")
+        self.object_area = _checked_area(self.object_area, "object_area")
+        self.source_object_area = _checked_area(self.source_object_area, "source_object_area")
+        if self.source_object_area is not None and self.object_area is None:
+            raise ValueError("source_object_area needs the model's own object_area.")
         if self.mode == "instances" and self.head is None:
             self.head = "paper"  # files from before heads existed
         task = self.task
@@ -180,7 +180,23 @@ class Checkpoint:
             "postprocess": self.postprocess,
             "normalization": self.normalization,
             "object_area": self.object_area,
+            "source_object_area": self.source_object_area,
         }
+
+
+def _checked_area(area: object, name: str) -> float | None:
+    if area is None:
+        return None
+    if not (
+        isinstance(area, (int, float))
+        and not isinstance(area, bool)
+        and MIN_OBJECT_AREA <= area <= MAX_OBJECT_AREA
+    ):
+        raise ValueError(
+            f"{name} must be a pixel area from {MIN_OBJECT_AREA} to {MAX_OBJECT_AREA:,}, "
+            f"got {area!r}."
+        )
+    return float(area)
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
@@ -205,6 +221,7 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
         "class_names": list(checkpoint.class_names),
         "normalization": checkpoint.normalization.to_dict(),
         "object_area": checkpoint.object_area,
+        "source_object_area": checkpoint.source_object_area,
         "metadata": metadata,
         "state_dict": checkpoint.state_dict,
     }
@@ -258,6 +275,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             normalization=Normalization.from_dict(payload["normalization"]),
             metadata=dict(payload.get("metadata", {})),
             object_area=payload.get("object_area"),
+            source_object_area=payload.get("source_object_area"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} has a damaged model description: {error}") from error

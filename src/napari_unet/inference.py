@@ -559,6 +559,7 @@ def predict_generator(
     should_stop: Callable[[], bool] | None = None,
     predictor: Predictor | None = None,
     object_area: float | None = None,
+    source_object_area: float | None = None,
 ) -> Generator[TileResult, None, Prediction]:
     """Segment an image or a stack tile by tile; yield tiles, return the result.
 
@@ -597,6 +598,13 @@ def predict_generator(
         The median object area the model was trained at
         (``checkpoint.object_area``); with it, ``config.object_diameter``
         resamples each plane to that size (:mod:`napari_unet.scaling`).
+    source_object_area : float, optional
+        A fine-tuned model's ``checkpoint.source_object_area`` (the typical
+        object area of its training images at their own scale): an estimated
+        object size starts from the scale those images were trained at, not
+        from the image's own. A network fine-tuned at 0.76x can cut objects
+        left at 1x into pieces of the model's size, which an estimate started
+        there then takes for the right size (docs/benchmarks.md).
 
     Yields
     ------
@@ -667,6 +675,8 @@ def predict_generator(
         factor, passes = 1.0, 1
         if rescaling and config.object_diameter == "auto":
             passes = MAX_PASSES
+            if source_object_area is not None:
+                factor = scale_factor(source_object_area, object_area)
         elif rescaling:
             factor = scale_factor(area_of_diameter(float(config.object_diameter)), object_area)
         factor = factor if _fits_resampled(spatial, factor) else 1.0

@@ -77,6 +77,8 @@ class TrainingData:
     object_area: float | None = None
     #: What the user should know about how labels were read (e.g. a binary mask).
     notes: list[str] = field(default_factory=list)
+    #: Planes brought to a given object area (fine-tuning): their own object area before.
+    source_object_area: float | None = None
 
     @property
     def n_pixels(self) -> int:
@@ -228,7 +230,7 @@ def prepare_training_data(
             )
     else:
         n_classes = task.n_classes(0)
-    samples, shapes, areas, plane_areas = [], [], [], []
+    samples, shapes, areas, plane_areas, source_areas = [], [], [], [], []
     for plane_image, plane_labels, plane_mask in planes:
         shape = plane_image.shape
         # As in inference: scaled with the statistics of the plane as it is; a noisy
@@ -236,6 +238,7 @@ def prepare_training_data(
         low, high, smoothing = normalization.prepare(plane_image)
         plane_image = Normalization.smooth(plane_image, smoothing) if smoothing else plane_image
         if task.instances and object_area is not None:
+            source_areas.append(typical_area(object_areas(plane_labels, plane_mask)))
             plane_image, plane_labels, plane_mask = _at_object_area(
                 plane_image, plane_labels, plane_mask, object_area
             )
@@ -268,6 +271,7 @@ def prepare_training_data(
         np.concatenate(areas) if areas else np.zeros(0, np.int64),
         object_area or (model_object_area(plane_areas) if any(plane_areas) else None),
         notes,
+        model_object_area(source_areas) if any(source_areas) else None,
     )
 
 

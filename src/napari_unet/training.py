@@ -469,6 +469,7 @@ def train_generator(
             slice(None),
             object_area,
             start_settings,
+            source_object_area=data.source_object_area,
         )
     elif held_out is not None:
         # Without a validation pair, the part held out for calibration is scored
@@ -494,6 +495,7 @@ def train_generator(
             start_settings,
             # Not asked for: it must not cost the user's budget much.
             share=HELD_OUT_SCORING_SHARE,
+            source_object_area=data.source_object_area,
         )
     device = resolve_device(config.device)
     amp = autocast_dtype(device, config.precision, "training")
@@ -550,6 +552,7 @@ def train_generator(
                 normalization,
                 data.object_area,
                 start=postprocess,
+                source_object_area=data.source_object_area,
                 # A fine-tuned model's settings were chosen on its earlier annotations.
                 prefer_start=initial is not None,
             )
@@ -576,6 +579,7 @@ def train_generator(
         class_names=initial.class_names if initial is not None else (),
         normalization=normalization,
         object_area=data.object_area,
+        source_object_area=data.source_object_area,
         metadata={
             "calibration": (
                 {
@@ -738,6 +742,7 @@ def calibrate_on(
     device: str = "cpu",
     start: Postprocess | None = None,
     prefer_start: bool = False,
+    source_object_area: float | None = None,
 ) -> Calibration:
     """Segment ``(C, H, W)`` image planes once and calibrate the labelling on their labels.
 
@@ -745,8 +750,9 @@ def calibrate_on(
     context), the maps and labels of those rows are compared, leaving out the
     objects cut in two where the rows begin. Planes are
     segmented as a user's images will be: brought to the model's
-    ``object_area`` when it has one, so the size limits found apply there.
-    ``start`` and ``prefer_start`` are passed to
+    ``object_area`` when it has one (the estimate starting at
+    ``source_object_area``, as for a fine-tuned model's users), so the size
+    limits found apply there. ``start`` and ``prefer_start`` are passed to
     :func:`~napari_unet.calibration.calibrate` (``start.tessellate`` chooses the
     score).
     """
@@ -762,6 +768,7 @@ def calibrate_on(
             config=InferenceConfig(device=device),
             return_probabilities=True,
             object_area=object_area,
+            source_object_area=source_object_area,
             postprocess=start,
         )
         maps.append(task.tile_maps(np.asarray(prediction.probabilities))[:, rows])
@@ -897,6 +904,7 @@ def _train_loop(
                     normalization=normalization,
                     config=InferenceConfig(device=str(device), precision="fp32"),
                     object_area=data.object_area,
+                    source_object_area=data.source_object_area,
                 ).labels
                 yield TrainingPreview(step, np.asarray(labels))
                 model.train()
@@ -1003,6 +1011,7 @@ class _Validation:
     #: At most this share of the training time (None: every ``validation_every`` steps).
     share: float | None = None
     seconds: float = 0.0  # spent scoring so far
+    source_object_area: float | None = None  # a fine-tuned model's start of the estimate
 
     def affordable(self, elapsed: float) -> bool:
         """Whether scoring now keeps the time spent on it within ``share``."""
@@ -1033,6 +1042,7 @@ def _validate(
         config=InferenceConfig(device=str(device), precision="fp32"),
         return_probabilities=True,
         object_area=scored.object_area,
+        source_object_area=scored.source_object_area,
     )
     probabilities = torch.from_numpy(np.asarray(prediction.probabilities))[None]
     loss = float(
