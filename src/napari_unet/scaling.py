@@ -26,9 +26,11 @@ The rule, in one place:
   of the experiment a model was trained on are segmented as they are;
 - factors are limited to ``[1 / MAX_FACTOR, MAX_FACTOR]``;
 - the object size of an image is either given (a diameter in pixels) or
-  estimated: the image is segmented at its own scale, the object area of what
-  is found gives the factor, and the image is segmented again at that factor
-  if it lies outside the dead band (three passes at most).
+  estimated: the image is segmented at its own scale (a fine-tuned model: at
+  the scale its training images were brought to, from their own object area,
+  ``Checkpoint.source_object_area``), the object area of what is found gives
+  the factor, and the image is segmented again at that factor if it lies
+  outside the dead band (three passes at most).
 
 Examples
 --------
