@@ -80,17 +80,19 @@ def _warp(scipy_splines: bool):
         sampling.warp = real
 
 
-_COEFFICIENTS: dict[int, np.ndarray] = {}
+#: Per image, by id: the image itself (held, so that its id is never reused) and its coefficients.
+_COEFFICIENTS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _spline_warp(array, coordinates, *, order, mode="mirror"):
     """Warp as tiles did before session 14: scipy's splines, cubic coefficients once per image."""
     if order == 3:
         if id(array) not in _COEFFICIENTS:
-            _COEFFICIENTS[id(array)] = np.stack(
+            coefficients = np.stack(
                 [ndi.spline_filter(channel, 3, output=np.float32, mode=mode) for channel in array]
             )
-        array = _COEFFICIENTS[id(array)]
+            _COEFFICIENTS[id(array)] = (array, coefficients)
+        array = _COEFFICIENTS[id(array)][1]
     channels = array if array.ndim == 3 else array[np.newaxis]
     out = np.stack(
         [

@@ -240,7 +240,7 @@ def prepare_training_data(
         if task.instances and object_area is not None:
             source_areas.append(typical_area(object_areas(plane_labels, plane_mask)))
             plane_image, plane_labels, plane_mask = _at_object_area(
-                plane_image, plane_labels, plane_mask, object_area
+                plane_image, plane_labels, plane_mask, source_areas[-1], object_area
             )
         sample = _make_sample(
             Normalization.apply(plane_image, low, high),
@@ -276,10 +276,17 @@ def prepare_training_data(
 
 
 def _at_object_area(
-    image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, object_area: float
+    image: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray | None,
+    plane_area: float | None,
+    object_area: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Resample a ``(C, H, W)`` plane, its labels and mask so its objects have ``object_area``."""
-    factor = scale_factor(typical_area(object_areas(labels, mask)), object_area)
+    """Resample a ``(C, H, W)`` plane, its labels and mask to the model's ``object_area``.
+
+    ``plane_area`` is the plane's typical object area (None: no objects, kept as it is).
+    """
+    factor = scale_factor(plane_area, object_area)
     if factor == 1.0:
         return image, labels, mask
     shape = scaled_shape(labels.shape, factor)
